@@ -1,0 +1,273 @@
+"""The one router interface: fit on outcomes, score (query, model) pairs, route.
+
+Every router, classic or CapSAT, implements ``predict_proba``: an (n_queries x n_models)
+matrix of success probabilities. Routing, evaluation and the cost-aware policies are built on
+that single method. Checkpoints are a directory with ``router.json`` (name, config, models,
+JSON state) and ``state.safetensors`` (arrays): no pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from data_builders.embeddings import DEFAULT_ENCODER, Embedder
+from data_builders.errors import DataError
+from data_builders.outcomes import OutcomeTable
+
+ROUTER_FILE = "router.json"
+STATE_FILE = "state.safetensors"
+
+
+@dataclass
+class RouterConfig:
+    """Base of every router config. Fields carry their help text in ``metadata['help']``."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, *, strict: bool = True) -> "RouterConfig":
+        """Build from a dict. ``strict``: every field must be present (a saved config that lacks
+        one is an error, never silently filled with today's default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+        missing = sorted(names - set(values))
+        if strict and missing:
+            raise ValueError(f"{cls.__name__}: missing field(s) {missing}")
+        return cls(**values)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def help_field(default, help: str, **kwargs):
+    """A dataclass field with help text (shown by ``capsat ls``)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help},
+                     **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class Queries:
+    """A batch of instructions to score. ``embeddings`` may be precomputed (rows aligned)."""
+
+    texts: list[str]
+    ids: list[str] | None = None
+    tasks: list[str] | None = None
+    embeddings: np.ndarray | None = None
+
+    def __post_init__(self):
+        if isinstance(self.texts, str):
+            raise TypeError("Queries.texts must be a list of strings, not one string")
+        self.texts = list(self.texts)
+        for name in ("ids", "tasks"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.texts):
+                raise ValueError(f"Queries.{name} has {len(values)} entries for "
+                                 f"{len(self.texts)} texts")
+        if self.embeddings is not None and len(self.embeddings) != len(self.texts):
+            raise ValueError("Queries.embeddings rows must match texts")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def from_table(cls, table: OutcomeTable, embeddings: np.ndarray | None = None) -> "Queries":
+        return cls(table.texts, table.query_ids, table.tasks, embeddings)
+
+
+QueriesLike = Queries | Sequence[str] | OutcomeTable
+
+
+def as_queries(queries: QueriesLike) -> Queries:
+    if isinstance(queries, Queries):
+        return queries
+    if isinstance(queries, OutcomeTable):
+        return Queries.from_table(queries)
+    return Queries(list(queries))
+
+
+class Router(ABC):
+    """Predicts, for each query and candidate model, the probability of a correct answer.
+
+    Subclasses set ``name`` and ``config_class`` and implement ``_fit`` and ``_predict``;
+    routers with learned state also implement ``state_arrays`` / ``load_state_arrays`` (numpy
+    arrays, stored as safetensors) and may add JSON-able state via ``state_json``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[RouterConfig]] = RouterConfig
+    #: Whether predict_proba needs query embeddings (then ``config.encoder`` names the encoder).
+    uses_embeddings: ClassVar[bool] = False
+    #: True for routers that read the labels of the very queries they score (the oracle).
+    cheats: ClassVar[bool] = False
+
+    def __init__(self, config: RouterConfig | None = None, **overrides):
+        if config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.models: list[str] = []
+        self._embedder: Embedder | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    # ------------------------------------------------------------ training
+    def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None,
+            embeddings: dict[str, np.ndarray] | None = None) -> "Router":
+        """Fit on ``train``; choose hyper-parameters / stop early on ``validation`` only.
+
+        ``embeddings`` optionally maps "train"/"validation" to precomputed query embeddings.
+        """
+        if validation is not None and validation.models != train.models:
+            raise ValueError("train and validation must have the same models")
+        self.models = list(train.models)
+        embeddings = embeddings or {}
+        train_q = Queries.from_table(train, embeddings.get("train"))
+        val_q = None if validation is None else Queries.from_table(
+            validation, embeddings.get("validation"))
+        if self.uses_embeddings:
+            train_q.embeddings = self.embed(train_q)
+            if val_q is not None:
+                val_q.embeddings = self.embed(val_q)
+        self._fit(train, train_q, validation, val_q)
+        return self
+
+    @abstractmethod
+    def _fit(self, train: OutcomeTable, train_queries: Queries,
+             validation: OutcomeTable | None, validation_queries: Queries | None) -> None:
+        ...
+
+    # ------------------------------------------------------------- scoring
+    def predict_proba(self, queries: QueriesLike, models: Sequence[str] | None = None
+                      ) -> np.ndarray:
+        """(n_queries x n_models) success probabilities, columns in the order of ``models``
+        (default: every model the router knows)."""
+        if not self.models:
+            raise RuntimeError(f"{self.name} router is not fitted")
+        queries = as_queries(queries)
+        columns = self._columns(models)
+        if len(queries) == 0:
+            return np.zeros((0, len(columns)))
+        if self.uses_embeddings and queries.embeddings is None:
+            queries.embeddings = self.embed(queries)
+        probs = np.asarray(self._predict(queries), dtype=float)
+        if probs.shape != (len(queries), len(self.models)):
+            raise RuntimeError(f"{self.name}: _predict returned shape {probs.shape}, expected "
+                               f"{(len(queries), len(self.models))}")
+        return np.clip(probs[:, columns], 0.0, 1.0)
+
+    @abstractmethod
+    def _predict(self, queries: Queries) -> np.ndarray:
+        """(n_queries x len(self.models)) probabilities."""
+
+    def _columns(self, models: Sequence[str] | None) -> list[int]:
+        if models is None:
+            return list(range(len(self.models)))
+        if isinstance(models, str):
+            raise TypeError("models must be a list of names, not one string")
+        unknown = [m for m in models if m not in self.models]
+        if unknown:
+            raise DataError(f"{self.name} router does not know model(s) {unknown}; "
+                            f"it knows {self.models}", field="model")
+        return [self.models.index(m) for m in models]
+
+    def route(self, queries: QueriesLike, candidates: Sequence[str] | None = None,
+              costs: dict[str, float] | Sequence[float] | np.ndarray | None = None,
+              willingness_to_pay: float = 0.0) -> list[str]:
+        """Pick one candidate per query: argmax of P(correct) - willingness_to_pay * cost.
+
+        ``costs``: per-model cost (a dict by name, or a vector aligned with ``candidates``),
+        or an (n_queries x n_candidates) matrix.
+        """
+        candidates = list(self.models if candidates is None else candidates)
+        probs = self.predict_proba(queries, candidates)
+        utility = probs
+        if costs is not None and willingness_to_pay:
+            if isinstance(costs, dict):
+                costs = [costs[m] for m in candidates]
+            cost = np.asarray(costs, dtype=float)
+            utility = probs - willingness_to_pay * cost
+        return [candidates[i] for i in np.argmax(utility, axis=1)]
+
+    # --------------------------------------------------------- embeddings
+    def embed(self, queries: Queries) -> np.ndarray:
+        if queries.embeddings is not None:
+            return queries.embeddings
+        if self._embedder is None:
+            self._embedder = Embedder(getattr(self.config, "encoder", DEFAULT_ENCODER))
+        return self._embedder.encode(queries.texts, desc=f"{self.name}: embedding queries")
+
+    # --------------------------------------------------------- save / load
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if arrays:
+            raise ValueError(f"{self.name} router has no array state, got {sorted(arrays)}")
+
+    def state_json(self) -> dict:
+        return {}
+
+    def load_state_json(self, state: dict) -> None:
+        pass
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        if not self.models:
+            raise RuntimeError(f"cannot save an unfitted {self.name} router")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
+        if arrays:
+            tmp = directory / (STATE_FILE + ".tmp")
+            save_file(arrays, str(tmp))
+            os.replace(tmp, directory / STATE_FILE)
+        meta = {"router": self.name, "config": self.config.to_dict(), "models": self.models,
+                "state": self.state_json()}
+        tmp = directory / (ROUTER_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, directory / ROUTER_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Router":
+        """Load a router saved by ``save``; on the base class, dispatches on the saved name."""
+        from . import get_router_class
+
+        directory = Path(directory)
+        path = directory / ROUTER_FILE
+        if not path.exists():
+            raise DataError(f"not a saved router (no {ROUTER_FILE})", file=str(directory))
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from err
+        for key in ("router", "config", "models", "state"):
+            if key not in meta:
+                raise DataError("missing key", file=str(path), field=key)
+        klass = get_router_class(meta["router"])
+        if cls is not Router and not issubclass(klass, cls):
+            raise TypeError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
+        router = klass(klass.config_class.from_dict(meta["config"]))
+        router.models = list(meta["models"])
+        router.load_state_json(meta["state"])
+        state = directory / STATE_FILE
+        router.load_state_arrays(load_file(str(state)) if state.exists() else {})
+        return router
