@@ -1,10 +1,18 @@
 """Routers behind one interface, and the registry that names them.
 
-Importing this package registers every built-in router.
+Importing this package imports every module in it, and each router module registers its
+classes with ``@register_router``; so adding a router is adding one module.
 """
-from .base import Queries, Router, RouterConfig, as_queries, help_field
-from .registry import ROUTERS, get_router_class, make_router, register_router
-from . import baselines  # noqa: F401  (registers random, best_single, oracle)
+import importlib
+import pkgutil
 
-__all__ = ["Queries", "Router", "RouterConfig", "ROUTERS", "as_queries", "get_router_class",
-           "help_field", "make_router", "register_router"]
+from .base import EmbeddingConfig, Queries, Router, RouterConfig, as_queries, help_field
+from .registry import ROUTERS, get_router_class, make_router, register_router
+
+_INFRASTRUCTURE = {"base", "registry", "neural"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["EmbeddingConfig", "Queries", "Router", "RouterConfig", "ROUTERS", "as_queries",
+           "get_router_class", "help_field", "make_router", "register_router"]

@@ -60,6 +60,14 @@ def help_field(default, help: str, **kwargs):
 
 
 @dataclass
+class EmbeddingConfig(RouterConfig):
+    """Base config of routers that read query embeddings."""
+
+    encoder: str = help_field(DEFAULT_ENCODER, "sentence encoder for queries: the embedded "
+                                               "all-MiniLM-L6-v2, a local path or a hub id")
+
+
+@dataclass
 class Queries:
     """A batch of instructions to score. ``embeddings`` may be precomputed (rows aligned)."""
 
