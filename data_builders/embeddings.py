@@ -69,7 +69,11 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        model = self.model
+        # sentence-transformers renamed this method; support both spellings.
+        getter = getattr(model, "get_embedding_dimension", None) or \
+            model.get_sentence_embedding_dimension
+        return int(getter())
 
     def _load_cache(self) -> dict[bytes, np.ndarray]:
         if self._index is None:

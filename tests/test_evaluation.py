@@ -82,7 +82,7 @@ def test_evaluate_reference_values_and_outputs(mmlu_small, tmp_path):
     assert result.routers["best_single"]["routed_accuracy"] == pytest.approx(ref["best_single"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["routers"]) == {"random", "best_single", "oracle"}
-    assert saved["split"]["test"] == result.split["test"] > 0
+    assert saved["split"]["test_queries"] == result.split["test_queries"] > 0
     for metric in ("routed_accuracy", "gap_closed", "auc", "log_loss", "ece"):
         assert metric in saved["routers"]["best_single"]
     tasks = set(mmlu_small.tasks)

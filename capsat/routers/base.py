@@ -104,6 +104,8 @@ def as_queries(queries: QueriesLike) -> Queries:
         return queries
     if isinstance(queries, OutcomeTable):
         return Queries.from_table(queries)
+    if isinstance(queries, str):
+        raise TypeError("queries must be a list of texts, not one string")
     return Queries(list(queries))
 
 
