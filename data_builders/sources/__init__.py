@@ -18,6 +18,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
 #: name -> module under data_builders.sources that builds it from the raw files.
 SOURCES: dict[str, str] = {
     "mmlu_pro": "mmlu_pro",
+    "llmrouter": "llmrouter",
+    "routerbench": "routerbench",
 }
 
 
