@@ -1,0 +1,323 @@
+"""The Model-SAT aptitude test: a few core items per task, and the text that describes a model.
+
+A model is represented by its accuracy on ``k`` core items of every task, rendered as text
+(``The model achieves accuracy 45.0% on the task of "math: equation, integral, ...", ...``);
+a new model is onboarded by answering the core items only. Core items are chosen from the
+train part of a split, and must never be used for evaluation: ``AptitudeTest.item_ids``,
+``check_not_in`` and ``exclude_core_items`` keep them out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .outcomes import OutcomeTable
+
+
+class MissingAptitudeScore(UserWarning):
+    """A model has no score on any core item of a task, so its accuracy there is unknown."""
+
+
+@dataclass(frozen=True)
+class AptitudeTest:
+    """Core items per task (query ids, in selection order), chosen with ``k_per_task`` and
+    ``seed``; a task with fewer train items than ``k_per_task`` keeps all it has."""
+
+    items: dict[str, tuple[str, ...]]
+    k_per_task: int
+    seed: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "items", {str(t): tuple(str(q) for q in ids)
+                                           for t, ids in sorted(self.items.items())})
+        if not self.items:
+            raise DataError("an aptitude test needs at least one task", field="items")
+        empty = [t for t, ids in self.items.items() if not ids]
+        if empty:
+            raise DataError(f"task(s) {empty} have no core items", field="items")
+        ids = [q for qs in self.items.values() for q in qs]
+        if len(set(ids)) != len(ids):
+            raise DataError("a core item is listed twice", field="items")
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.items)
+
+    @property
+    def item_ids(self) -> frozenset[str]:
+        return frozenset(q for ids in self.items.values() for q in ids)
+
+    def task_of(self) -> dict[str, str]:
+        """query id -> task, for every core item."""
+        return {q: t for t, ids in self.items.items() for q in ids}
+
+    def check_not_in(self, query_ids: Iterable[str], part: str = "evaluation") -> None:
+        """Raise DataError if any core item is among ``query_ids`` (e.g. a split's test)."""
+        leaked = sorted(self.item_ids.intersection(query_ids))
+        if leaked:
+            raise DataError(f"{len(leaked)} aptitude-test core item(s) are in the {part} data, "
+                            f"e.g. {leaked[:3]}; core items must never be evaluated on",
+                            field="query_id")
+
+    # ---------------------------------------------------------------- JSON
+    def to_json(self) -> dict:
+        return {"k_per_task": self.k_per_task, "seed": self.seed,
+                "items": {t: list(ids) for t, ids in self.items.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict, *, file: str | None = None) -> "AptitudeTest":
+        if not isinstance(d, dict):
+            raise DataError(f"an aptitude test must be a JSON object, got {type(d).__name__}",
+                            file=file)
+        for name in ("k_per_task", "seed", "items"):
+            if name not in d:
+                raise DataError("missing from the saved aptitude test", file=file, field=name)
+        for name in ("k_per_task", "seed"):
+            if not isinstance(d[name], int) or isinstance(d[name], bool):
+                raise DataError(f"must be an integer, got {d[name]!r}", file=file, field=name)
+        items = d["items"]
+        if not isinstance(items, dict) or not all(
+                isinstance(ids, list) and all(isinstance(q, str) for q in ids)
+                for ids in items.values()):
+            raise DataError("must map each task to a list of query ids", file=file,
+                            field="items")
+        return cls(items, d["k_per_task"], d["seed"])
+
+
+# --------------------------------------------------------------------- selection
+def _item_discrimination(scores: pd.DataFrame) -> pd.Series:
+    """Covariance, across models, of each item's score (rows of ``scores``, items x models)
+    with the model's accuracy on the *other* items (the corrected item-total covariance).
+
+    It is std(item) * std(ability) * corr(item, ability): high for items whose score varies
+    across models, and varies the way their ability does. Missing scores are left out.
+    """
+    observed = scores.notna().to_numpy()
+    item = scores.to_numpy(dtype=float)
+    own = np.where(observed, item, 0.0)
+    total, count = own.sum(axis=0), observed.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ability = (total[None, :] - own) / (count[None, :] - observed)
+    mask = observed & np.isfinite(ability)
+    n = mask.sum(axis=1)
+    item_mean = np.where(mask, item, 0.0).sum(axis=1) / np.maximum(n, 1)
+    ability_mean = np.where(mask, ability, 0.0).sum(axis=1) / np.maximum(n, 1)
+    cov = np.where(mask, (item - item_mean[:, None]) * (ability - ability_mean[:, None]),
+                   0.0).sum(axis=1) / np.maximum(n - 1, 1)
+    cov[n < 2] = np.nan
+    return pd.Series(cov, index=scores.index)
+
+
+def _pick_task_items(scores: pd.DataFrame, tie_break: pd.Series, k: int) -> list[str]:
+    """k items of one task (``scores``: items x train models).
+
+    Why this rule: we want items that separate models, but k items that all sit at the same
+    (median) difficulty give every model about 0% or 100%, a one-bit description. So the items
+    every model answered and that not all models got equally right are sorted by difficulty
+    (mean score across models) and cut into k equal bands, and from each band the item with
+    the highest corrected item-total covariance (``_item_discrimination``) is taken: each item
+    separates models, at k different ability levels, so the core-item accuracy ranks the
+    models finely. On MMLU-Pro (query split, seed 0, k=10) the core-item accuracy of the 29
+    models correlates 0.94 with their accuracy on the test part (top-k covariance: 0.90,
+    random items: 0.71), and the chosen items' variance across models is above the task's
+    average in every task. Too few such items: the rest are filled in by (complete,
+    discrimination) order.
+    """
+    discrimination = _item_discrimination(scores)
+    complete = scores.notna().all(axis=1)
+    spread = complete & (scores.var(axis=1) > 0)
+    candidates = pd.DataFrame({"difficulty": scores[spread].mean(axis=1),
+                               "discrimination": discrimination[spread],
+                               "tie_break": tie_break.loc[scores.index[spread]]})
+    picked: list[str] = []
+    if len(candidates) >= k:
+        by_difficulty = candidates.sort_values(["difficulty", "tie_break"], kind="mergesort")
+        for band in np.array_split(np.arange(len(by_difficulty)), k):
+            rows = by_difficulty.iloc[band].sort_values(
+                ["discrimination", "tie_break"], ascending=[False, True], kind="mergesort")
+            picked.append(rows.index[0])
+        return picked
+    fallback = pd.DataFrame({"complete": complete.astype(int),
+                             "discrimination": discrimination.fillna(-np.inf),
+                             "tie_break": tie_break.loc[scores.index]})
+    fallback = fallback.sort_values(["complete", "discrimination", "tie_break"],
+                                    ascending=[False, False, True], kind="mergesort")
+    return list(fallback.index[:k])
+
+
+def select_core_items(train: OutcomeTable, k_per_task: int, seed: int) -> AptitudeTest:
+    """Pick ``k_per_task`` core items per task from ``train`` (the train part of a split):
+    discriminating items spread over difficulty (see ``_pick_task_items``); ties are broken
+    by a seeded random order. A task with fewer items keeps all of them."""
+    if not isinstance(k_per_task, int) or isinstance(k_per_task, bool) or k_per_task < 1:
+        raise DataError(f"k_per_task must be a positive integer, got {k_per_task!r}",
+                        field="k_per_task")
+    if len(train.models) < 2:
+        raise DataError("choosing discriminating items needs at least two models",
+                        field="model")
+    rng = np.random.default_rng(int(seed))
+    tie_break = pd.Series(rng.permutation(len(train)), index=train.queries.index)
+    items = {}
+    for task in sorted(train.queries["task"].unique()):
+        ids = train.queries.index[train.queries["task"] == task]
+        items[task] = tuple(_pick_task_items(train.scores.loc[ids], tie_break, k_per_task))
+    return AptitudeTest(items, k_per_task, int(seed))
+
+
+def exclude_core_items(table: OutcomeTable, test: AptitudeTest) -> OutcomeTable:
+    """``table`` without the core items: what evaluation data is built from."""
+    keep = ~table.queries.index.isin(list(test.item_ids))
+    return table.subset(table.queries.index[keep])
+
+
+# ------------------------------------------------------------------------ scoring
+def _check_items_known(test: AptitudeTest, table: OutcomeTable) -> None:
+    missing = sorted(test.item_ids.difference(table.queries.index))
+    if missing:
+        raise DataError(f"{len(missing)} core item(s) are not in {table.name!r}, e.g. "
+                        f"{missing[:3]}", field="query_id")
+
+
+def score_models(test: AptitudeTest, table: OutcomeTable,
+                 models: Iterable[str] | None = None) -> pd.DataFrame:
+    """Model x task accuracy on the core items (missing scores are left out).
+
+    A model with no score on any core item of a task gets NaN there and a
+    ``MissingAptitudeScore`` warning: scoring stays possible (e.g. to inspect a partial
+    onboarding), while ``render_representation`` refuses to describe a model with a NaN.
+    """
+    _check_items_known(test, table)
+    models = table.models if models is None else table.check_models(models)
+    rows = {}
+    for task, ids in test.items.items():
+        rows[task] = table.scores.loc[list(ids), models].mean(axis=0, skipna=True)
+    accuracy = pd.DataFrame(rows).reindex(index=models, columns=test.tasks)
+    accuracy.index.name, accuracy.columns.name = "model", "task"
+    missing = [(m, t) for m in models for t in test.tasks if math.isnan(accuracy.at[m, t])]
+    if missing:
+        warnings.warn(f"{len(missing)} (model, task) pair(s) have no score on any core item, "
+                      f"their accuracy is NaN: {missing[:5]}", MissingAptitudeScore,
+                      stacklevel=2)
+    return accuracy
+
+
+# ----------------------------------------------------------------------- keywords
+def task_keywords(train: OutcomeTable, n: int = 5) -> dict[str, str]:
+    """``task -> "task: term, term, ..."``: ``n`` terms that mark the task's train queries.
+
+    Each query is a TF-IDF vector (sklearn); a term's weight for a task is ``a * log(a / b)``
+    with ``a`` its mean TF-IDF over the task's queries and ``b`` the mean of that over the other
+    tasks: frequent in the task (plain mean TF-IDF would pick "following", "question") and
+    rarer elsewhere (class TF-IDF alone picks one-off words such as names). Words of the task
+    name are not repeated; ties go alphabetically, so the result is deterministic.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise DataError(f"n must be a non-negative integer, got {n!r}", field="n")
+    tasks = sorted(train.queries["task"].unique())
+    if n == 0:
+        return {t: t for t in tasks}
+    # Words of three letters or more: option letters and numbers say nothing about a task.
+    vectorizer = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_]{3,}\b",
+                                 sublinear_tf=True, lowercase=True)
+    try:
+        weights = vectorizer.fit_transform(train.queries["query"])
+    except ValueError as err:  # sklearn: no word survives the token pattern and stop words
+        raise DataError(f"no keyword can be drawn from the queries of {train.name!r} ({err})",
+                        field="query") from err
+    terms = vectorizer.get_feature_names_out()
+    task_of = train.queries["task"].to_numpy()
+    means = np.vstack([np.asarray(weights[task_of == t].mean(axis=0)).ravel() for t in tasks])
+    floor = 1e-4  # keeps log finite for terms absent from the other tasks
+    out = {}
+    for i, task in enumerate(tasks):
+        others = np.delete(means, i, axis=0).mean(axis=0) if len(tasks) > 1 else 0.0
+        score = means[i] * np.log((means[i] + floor) / (others + floor))
+        name_words = set(task.casefold().split())
+        order = sorted(np.flatnonzero(score > 0), key=lambda j: (-score[j], terms[j]))
+        picked = [terms[j] for j in order if terms[j] not in name_words][:n]
+        out[task] = f"{task}: {', '.join(picked)}" if picked else task
+    return out
+
+
+# ------------------------------------------------------------------ representation
+def render_representation(task_accuracy: Mapping[str, float], keywords: Mapping[str, str]
+                          ) -> str:
+    """``The model achieves accuracy 45.0% on the task of "math: ...", accuracy ...``, tasks in
+    sorted order. Raises DataError for a task without keywords or with an unknown accuracy."""
+    if not task_accuracy:
+        raise DataError("no task accuracy to describe", field="task")
+    parts = []
+    for task in sorted(task_accuracy):
+        value = task_accuracy[task]
+        if task not in keywords:
+            raise DataError(f"no keywords for task {task!r}", field="task")
+        if value is None or not np.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise DataError(f"accuracy on task {task!r} must be in [0, 1], got {value!r}",
+                            field="task")
+        parts.append(f'accuracy {100 * float(value):.1f}% on the task of "{keywords[task]}"')
+    return "The model achieves " + ", ".join(parts) + "."
+
+
+def represent_models(test: AptitudeTest, table: OutcomeTable, keywords: Mapping[str, str],
+                     models: Iterable[str] | None = None) -> dict[str, str]:
+    """model -> its text representation, from its scores on the core items in ``table``."""
+    accuracy = score_models(test, table, models)
+    return {m: render_representation(accuracy.loc[m].to_dict(), keywords)
+            for m in accuracy.index}
+
+
+def represent_new_model(results: Mapping[str, float] | pd.Series, test: AptitudeTest,
+                        keywords: Mapping[str, str]) -> str:
+    """Onboard a model from its aptitude results alone: either its accuracy per task (keys are
+    exactly the test's tasks) or its score per core item (keys are core item ids; missing items
+    are left out, but every task needs at least one)."""
+    results = dict(results.items())
+    if not results:
+        raise DataError("no aptitude results", field="results")
+    for key, value in results.items():
+        if not isinstance(value, (int, float, np.number)) or not 0.0 <= float(value) <= 1.0:
+            raise DataError(f"result for {key!r} must be a number in [0, 1], got {value!r}",
+                            field="score")
+    tasks, task_of = set(test.tasks), test.task_of()
+    if set(results) <= tasks:
+        missing = sorted(tasks - set(results))
+        if missing:
+            raise DataError(f"no accuracy for task(s) {missing}", field="task")
+        accuracy = {t: float(v) for t, v in results.items()}
+    elif set(results) <= set(task_of):
+        by_task: dict[str, list[float]] = {}
+        for qid, value in results.items():
+            by_task.setdefault(task_of[qid], []).append(float(value))
+        missing = sorted(tasks - set(by_task))
+        if missing:
+            raise DataError(f"no core-item score for task(s) {missing}", field="task")
+        accuracy = {t: float(np.mean(v)) for t, v in by_task.items()}
+    else:
+        stray = sorted(set(results) - tasks - set(task_of))[:3]
+        raise DataError(f"results must be keyed by the test's tasks or by its core item ids; "
+                        f"{stray} are neither (or the keys mix both)", field="results")
+    return render_representation(accuracy, keywords)
+
+
+# ----------------------------------------------------------------------------- I/O
+def write_json(data, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,160 @@
+"""The Model-SAT aptitude test on real MMLU-Pro outcomes."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from data_builders.aptitude import (AptitudeTest, MissingAptitudeScore, exclude_core_items,
+                                    render_representation, represent_models,
+                                    represent_new_model, score_models, select_core_items,
+                                    task_keywords)
+from data_builders.errors import DataError
+from data_builders.splits import make_split
+
+PHRASE = re.compile(r'accuracy (\d+\.\d)% on the task of "([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def setting(mmlu_pro):
+    split = make_split(mmlu_pro, "query", seed=0)
+    train, _, _ = split.tables(mmlu_pro)
+    return split, train, select_core_items(train, 10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_setting(mmlu_small):
+    split = make_split(mmlu_small, "model", seed=0, held_out_models=["gemma-7b"])
+    train, _, _ = split.tables(mmlu_small)
+    test = select_core_items(train, 5, seed=0)
+    return split, train, test, task_keywords(train, n=4)
+
+
+def test_core_items_come_from_train_and_never_from_evaluation(mmlu_pro, setting):
+    split, train, test = setting
+    assert test.tasks == sorted(mmlu_pro.queries["task"].unique())
+    assert all(len(ids) == 10 for ids in test.items.values())
+    assert test.item_ids <= set(split.train)
+    test.check_not_in(split.validation, "validation")
+    test.check_not_in(split.test, "test")
+    with pytest.raises(DataError, match="core item"):
+        test.check_not_in(split.train, "train")
+    for task, ids in test.items.items():
+        assert set(train.queries.loc[list(ids), "task"]) == {task}
+    remaining = exclude_core_items(mmlu_pro, test)
+    assert len(remaining) == len(mmlu_pro) - 140
+    assert not test.item_ids & set(remaining.query_ids)
+
+
+def test_core_items_separate_models_better_than_the_task_average(setting):
+    _, train, test = setting
+    variance = train.scores.var(axis=1)
+    for task, ids in test.items.items():
+        task_ids = train.queries.index[train.queries["task"] == task]
+        assert variance.loc[list(ids)].mean() > variance.loc[task_ids].mean(), task
+        # Every core item is answered right by some models and wrong by others.
+        assert (variance.loc[list(ids)] > 0).all(), task
+
+
+def test_core_items_are_deterministic_and_seeded(setting, mmlu_small):
+    _, train, test = setting
+    assert select_core_items(train, 10, seed=0) == test
+    small = [select_core_items(mmlu_small, 10, seed=s) for s in range(4)]
+    assert small[0] == select_core_items(mmlu_small, 10, seed=0)
+    # With five models many items tie, so the seed decides among them.
+    assert len({s.item_ids for s in small}) > 1
+    everything = select_core_items(mmlu_small, 100, seed=0)
+    assert all(len(ids) == 60 for ids in everything.items.values())
+    with pytest.raises(DataError) as err:
+        select_core_items(mmlu_small, 0, seed=0)
+    assert err.value.field == "k_per_task"
+
+
+def test_aptitude_test_json_round_trip(setting):
+    _, _, test = setting
+    again = AptitudeTest.from_json(json.loads(json.dumps(test.to_json())))
+    assert again == test and again.item_ids == test.item_ids
+    saved = test.to_json()
+    del saved["seed"]
+    with pytest.raises(DataError) as err:
+        AptitudeTest.from_json(saved)
+    assert err.value.field == "seed"
+
+
+def test_score_models_matches_a_direct_count(mmlu_small, small_setting):
+    _, _, test, _ = small_setting
+    accuracy = score_models(test, mmlu_small)
+    assert list(accuracy.index) == mmlu_small.models and list(accuracy.columns) == test.tasks
+    for model in mmlu_small.models:
+        for task, ids in test.items.items():
+            values = [mmlu_small.scores.at[q, model] for q in ids]
+            assert accuracy.at[model, task] == pytest.approx(sum(values) / len(values))
+
+
+def test_missing_core_scores_give_nan_with_a_warning(mmlu_pro):
+    missing = mmlu_pro.scores["DeepSeek-Coder-V2"].isna()
+    math_missing = mmlu_pro.queries.index[missing & (mmlu_pro.queries["task"] == "math")]
+    law = mmlu_pro.queries.index[mmlu_pro.queries["task"] == "law"]
+    test = AptitudeTest({"math": tuple(math_missing[:3]), "law": tuple(law[:3])}, 3, 0)
+    with pytest.warns(MissingAptitudeScore, match="DeepSeek-Coder-V2"):
+        accuracy = score_models(test, mmlu_pro)
+    assert math.isnan(accuracy.at["DeepSeek-Coder-V2", "math"])
+    assert not math.isnan(accuracy.at["DeepSeek-Coder-V2", "law"])
+    assert not accuracy.drop(index="DeepSeek-Coder-V2").isna().any().any()
+    keywords = {"math": "math", "law": "law"}
+    with pytest.raises(DataError, match="math"):
+        render_representation(accuracy.loc["DeepSeek-Coder-V2"].to_dict(), keywords)
+
+
+def test_task_keywords_are_short_task_phrases(small_setting):
+    _, train, _, keywords = small_setting
+    assert set(keywords) == {"math", "law", "biology", "history"}
+    for task, phrase in keywords.items():
+        assert phrase.startswith(f"{task}: ")
+        terms = phrase[len(task) + 2:].split(", ")
+        assert len(terms) == 4 and len(set(terms)) == 4 and task not in terms
+        text = " ".join(train.queries.loc[train.queries["task"] == task, "query"]).casefold()
+        assert all(term in text for term in terms)
+    assert task_keywords(train, n=4) == keywords
+
+
+def test_representations_state_every_task_accuracy(mmlu_small, small_setting):
+    split, _, test, keywords = small_setting
+    representations = represent_models(test, mmlu_small, keywords)
+    assert set(representations) == set(mmlu_small.models)
+    task_of_phrase = {phrase: task for task, phrase in keywords.items()}
+    for model, text in representations.items():
+        assert text.startswith("The model achieves accuracy ")
+        stated = {task_of_phrase[phrase]: float(value) for value, phrase in PHRASE.findall(text)}
+        assert list(stated) == sorted(keywords)
+        for task, ids in test.items.items():
+            expected = 100 * np.mean([mmlu_small.scores.at[q, model] for q in ids])
+            assert stated[task] == pytest.approx(round(expected, 1)), (model, task)
+    # Models differ, so their descriptions do too.
+    assert len(set(representations.values())) == len(representations)
+
+
+def test_new_model_onboarded_from_its_aptitude_results_alone(mmlu_small, small_setting):
+    split, _, test, keywords = small_setting
+    new = split.test_models[0]
+    expected = represent_models(test, mmlu_small, keywords, models=[new])[new]
+    item_scores = {q: float(mmlu_small.scores.at[q, new]) for q in test.item_ids}
+    assert represent_new_model(item_scores, test, keywords) == expected
+    accuracy = score_models(test, mmlu_small, [new]).loc[new].to_dict()
+    assert represent_new_model(accuracy, test, keywords) == expected
+
+    with pytest.raises(DataError) as err:
+        represent_new_model({**item_scores, "math": 0.5}, test, keywords)
+    assert err.value.field == "results"
+    del accuracy["law"]
+    with pytest.raises(DataError, match="law"):
+        represent_new_model(accuracy, test, keywords)
+    only_math = {q: s for q, s in item_scores.items() if q in test.items["math"]}
+    with pytest.raises(DataError, match="no core-item score"):
+        represent_new_model(only_math, test, keywords)
+    with pytest.raises(DataError) as err:
+        represent_new_model({q: 2.0 for q in item_scores}, test, keywords)
+    assert err.value.field == "score"
