@@ -75,7 +75,7 @@ def fit_network(module: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            running += float(loss)
+            running += float(loss.detach())
             batches += 1
         train_losses.append(running / max(batches, 1))
         if not has_val:

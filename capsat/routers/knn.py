@@ -1,0 +1,226 @@
+"""kNN correctness predictor (Shnitzer et al., 2023, "Large language model routing with
+benchmark datasets").
+
+P(model correct | query) is the mean score of the model on the query's k nearest training
+queries (cosine similarity of the normalised sentence embeddings), shrunk toward the model's
+training mean so that no probability is exactly 0 or 1 and the log-loss stays finite.
+
+The helpers at the top (score matrix, smoothed means, masked log-loss, grid selection) are
+shared by the other classic routers (kmeans, classifier, multilabel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from data_builders.errors import DataError
+from data_builders.outcomes import OutcomeTable
+
+from .base import EmbeddingConfig, Queries, Router, help_field
+from .registry import register_router
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def score_matrix(table: OutcomeTable) -> np.ndarray:
+    """The table's (queries x models) scores as a fresh float64 array, NaN where there is no
+    record (a copy: pandas may hand out read-only views)."""
+    return np.array(table.scores.to_numpy(dtype=float))
+
+
+def smoothed_model_means(scores: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    """Per-model Laplace-smoothed mean score, (sum + 1) / (count + 2): strictly inside (0, 1)
+    even for a model that was always right (or always wrong) in training."""
+    observed = ~np.isnan(scores)
+    counts = observed.sum(axis=0)
+    if (counts == 0).any():
+        empty = [m for m, c in zip(models, counts) if c == 0]
+        raise DataError(f"no training scores for model(s) {empty}", field="model")
+    sums = np.where(observed, scores, 0.0).sum(axis=0)
+    return (sums + 1.0) / (counts + 2.0)
+
+
+def shrunk_means(sums: np.ndarray, counts: np.ndarray, prior: np.ndarray,
+                 prior_weight: float) -> np.ndarray:
+    """(sums + w * prior) / (counts + w): a mean pulled toward ``prior`` with ``w`` pseudo-counts.
+
+    ``sums`` / ``counts`` broadcast against the per-model ``prior`` (last axis = models).
+    """
+    return (sums + prior_weight * prior) / (counts + prior_weight)
+
+
+def masked_log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary cross-entropy over the observed (non-NaN) targets; targets may be graded."""
+    mask = ~np.isnan(targets)
+    if not mask.any():
+        raise ValueError("no observed targets to compute a log-loss on")
+    p = np.clip(probs[mask], 1e-12, 1 - 1e-12)
+    y = targets[mask]
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def pick_by_log_loss(candidates: dict[Hashable, np.ndarray], targets: np.ndarray
+                     ) -> tuple[Hashable, dict[Hashable, float]]:
+    """The candidate key whose probabilities have the lowest masked log-loss on ``targets``;
+    ties go to the first key in order. Returns (key, {key: loss})."""
+    losses = {key: masked_log_loss(probs, targets) for key, probs in candidates.items()}
+    best = min(losses, key=lambda key: (losses[key], list(losses).index(key)))
+    return best, losses
+
+
+def has_rows(table: OutcomeTable | None) -> bool:
+    return table is not None and len(table) > 0
+
+
+def check_grid(name: str, grid: Sequence, *, minimum: float, integer: bool = False) -> list:
+    """A hyper-parameter grid from the config: non-empty, every value >= ``minimum``."""
+    values = list(grid)
+    if not values:
+        raise ValueError(f"{name} is empty")
+    for value in values:
+        if integer and (isinstance(value, bool) or int(value) != value):
+            raise ValueError(f"{name} must hold integers, got {value!r}")
+        if not value >= minimum:
+            raise ValueError(f"{name} values must be >= {minimum}, got {value!r}")
+    return [int(v) for v in values] if integer else [float(v) for v in values]
+
+
+def require_state(router: str, state: dict, keys: Sequence[str]) -> None:
+    """A saved router's JSON state must carry every key: never fill one with a default."""
+    for key in keys:
+        if key not in state:
+            raise DataError(f"saved {router} router lacks state value {key!r}",
+                            field=f"state.{key}")
+
+
+def query_matrix(router: Router, queries: Queries, dim: int) -> np.ndarray:
+    """The queries' embeddings as float64, checked against the training dimension."""
+    x = np.asarray(queries.embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{router.name}: query embeddings have shape {x.shape}, the router was "
+                         f"trained on dimension {dim} (encoder {router.config.encoder!r})")
+    return x
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+# ------------------------------------------------------------------------- router
+
+
+@dataclass
+class KnnConfig(EmbeddingConfig):
+    k: int = help_field(80, "neighbours averaged when no validation table is given (the pick "
+                            "on MMLU-Pro with ~8k training queries)")
+    prior_weight: float = help_field(
+        2.0, "pseudo-count of the model's training mean added to the neighbours' scores (> 0, "
+             "so probabilities are never exactly 0 or 1); used when no validation is given")
+    k_grid: list = help_field([1, 3, 5, 10, 20, 40, 80, 160],
+                              "values of k tried on the validation table (lowest log-loss wins)")
+    prior_weight_grid: list = help_field([0.5, 1.0, 2.0, 4.0, 8.0],
+                                         "prior weights tried on the validation table")
+    batch_size: int = help_field(1024, "queries scored per similarity block (bounds memory)")
+
+
+@register_router
+class KnnRouter(Router):
+    """Mean score of the k most similar training queries, shrunk toward the model's mean.
+
+    With a validation table, (k, prior_weight) is the pair of the grid with the lowest
+    validation log-loss; one neighbour search for the largest k serves every k (prefix means).
+    """
+
+    name = "knn"
+    config_class = KnnConfig
+    uses_embeddings = True
+
+    def _fit(self, train, train_queries, validation, validation_queries):
+        cfg = self.config
+        check_grid("k", [cfg.k], minimum=1, integer=True)
+        check_grid("prior_weight", [cfg.prior_weight], minimum=1e-9)
+        # Normalised here too: precomputed embeddings need not come from the Embedder.
+        self.train_embeddings = unit_rows(
+            np.asarray(train_queries.embeddings, dtype=np.float64)).astype(np.float32)
+        self.train_scores = score_matrix(train)
+        self.prior = smoothed_model_means(self.train_scores, self.models)
+        if not has_rows(validation):
+            self.k, self.prior_weight = int(cfg.k), float(cfg.prior_weight)
+            self.selection = {"selected_on": "config"}
+            return
+        ks = check_grid("k_grid", cfg.k_grid, minimum=1, integer=True)
+        weights = check_grid("prior_weight_grid", cfg.prior_weight_grid, minimum=1e-9)
+        sums, counts = self._neighbour_sums(validation_queries, max(ks))
+        candidates = {}
+        for k in ks:
+            depth = min(k, sums.shape[1]) - 1
+            for w in weights:
+                candidates[(k, w)] = shrunk_means(sums[:, depth], counts[:, depth],
+                                                  self.prior, w)
+        (self.k, self.prior_weight), losses = pick_by_log_loss(candidates,
+                                                               score_matrix(validation))
+        self.selection = {"selected_on": "validation",
+                          "validation_log_loss": losses[(self.k, self.prior_weight)]}
+
+    def _neighbour_blocks(self, queries: Queries, k: int):
+        """Yield, per block of queries, the (block x k') indices of their nearest training
+        queries, most similar first (k' = min(k, n_train))."""
+        train = self.train_embeddings.astype(np.float64)
+        x = unit_rows(query_matrix(self, queries, train.shape[1]))
+        k = min(k, len(train))
+        for start in range(0, len(x), self.config.batch_size):
+            sim = x[start:start + self.config.batch_size] @ train.T
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            top_sim = np.take_along_axis(sim, top, axis=1)
+            # Ties rank by training order, also across the k-th place (twin embeddings are
+            # common), so the k nearest are a prefix of the k_max nearest: the validation
+            # search and prediction then agree exactly.
+            boundary = top_sim.min(axis=1, keepdims=True)
+            for row in np.nonzero((sim >= boundary).sum(axis=1) > k)[0]:
+                top[row] = np.argsort(-sim[row], kind="stable")[:k]
+                top_sim[row] = sim[row, top[row]]
+            order = np.lexsort((top, -top_sim), axis=1)
+            yield np.take_along_axis(top, order, axis=1)
+
+    def _neighbour_sums(self, queries: Queries, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cumulative score sums and counts over each query's nearest training queries: two
+        (n_queries x k' x n_models) arrays whose entry [:, j] covers the j + 1 nearest
+        neighbours (a missing score counts for nothing)."""
+        observed = ~np.isnan(self.train_scores)
+        values = np.where(observed, self.train_scores, 0.0)
+        sums, counts = [], []
+        for neighbours in self._neighbour_blocks(queries, k_max):
+            sums.append(np.cumsum(values[neighbours], axis=1))
+            counts.append(np.cumsum(observed[neighbours], axis=1))
+        return np.concatenate(sums), np.concatenate(counts)
+
+    def _predict(self, queries: Queries) -> np.ndarray:
+        observed = ~np.isnan(self.train_scores)
+        values = np.where(observed, self.train_scores, 0.0)
+        blocks = [shrunk_means(values[nb].sum(axis=1), observed[nb].sum(axis=1), self.prior,
+                               self.prior_weight)
+                  for nb in self._neighbour_blocks(queries, self.k)]
+        return np.concatenate(blocks)
+
+    # ------------------------------------------------------------- save / load
+    def state_arrays(self):
+        return {"train_embeddings": self.train_embeddings, "train_scores": self.train_scores,
+                "prior": self.prior}
+
+    def load_state_arrays(self, arrays):
+        self.train_embeddings = arrays["train_embeddings"]
+        self.train_scores = arrays["train_scores"]
+        self.prior = arrays["prior"]
+
+    def state_json(self):
+        return {"k": self.k, "prior_weight": self.prior_weight, **self.selection}
+
+    def load_state_json(self, state):
+        require_state(self.name, state, ["k", "prior_weight", "selected_on"])
+        self.k, self.prior_weight = int(state["k"]), float(state["prior_weight"])
+        self.selection = {key: value for key, value in state.items()
+                          if key not in ("k", "prior_weight")}
