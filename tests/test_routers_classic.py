@@ -10,7 +10,7 @@ import torch
 from capsat.routers import Queries, Router, make_router
 from capsat.routers.baselines import BestSingleRouter
 from capsat.routers.classifier import ClassifierRouter
-from capsat.routers.knn import masked_log_loss
+from capsat.routers.common import masked_log_loss
 from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
 

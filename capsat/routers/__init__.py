@@ -9,7 +9,7 @@ import pkgutil
 from .base import EmbeddingConfig, Queries, Router, RouterConfig, as_queries, help_field
 from .registry import ROUTERS, get_router_class, make_router, register_router
 
-_INFRASTRUCTURE = {"base", "registry", "neural"}
+_INFRASTRUCTURE = {"base", "common", "registry", "neural"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

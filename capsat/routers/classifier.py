@@ -16,8 +16,15 @@ import numpy as np
 from scipy.special import expit, logit
 
 from .base import EmbeddingConfig, Queries, Router, help_field
-from .knn import (check_grid, has_rows, masked_log_loss, query_matrix, require_state,
-                  score_matrix, smoothed_model_means)
+from .common import (
+    check_grid,
+    has_rows,
+    masked_log_loss,
+    query_matrix,
+    require_state,
+    score_matrix,
+    smoothed_model_means,
+)
 from .registry import register_router
 
 POSITIVE_SCORE = 0.5

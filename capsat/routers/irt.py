@@ -28,7 +28,7 @@ from torch import nn
 from data_builders.errors import DataError
 
 from .base import STATE_FILE, QueriesLike, as_queries, help_field
-from .knn import check_grid
+from .common import check_grid
 from .mf import EmbeddingNetworkRouter, NetworkConfig
 from .neural import predict_network
 from .registry import register_router

@@ -11,8 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import EmbeddingConfig, Queries, Router, help_field
-from .knn import (check_grid, has_rows, pick_by_log_loss, query_matrix, require_state,
-                  score_matrix, shrunk_means, smoothed_model_means)
+from .common import (
+    check_grid,
+    has_rows,
+    pick_by_log_loss,
+    query_matrix,
+    require_state,
+    score_matrix,
+    shrunk_means,
+    smoothed_model_means,
+)
 from .registry import register_router
 
 

@@ -25,9 +25,21 @@ from torch import nn
 from data_builders.outcomes import OutcomeTable
 
 from .base import EmbeddingConfig, Queries, Router, help_field
-from .knn import (check_grid, has_rows, query_matrix, require_state, score_matrix,
-                  smoothed_model_means)
-from .neural import FitResult, fit_network, load_module_arrays, module_arrays, predict_network
+from .common import (
+    check_grid,
+    has_rows,
+    query_matrix,
+    require_state,
+    score_matrix,
+    smoothed_model_means,
+)
+from .neural import (
+    FitResult,
+    fit_network,
+    load_module_arrays,
+    module_arrays,
+    predict_network,
+)
 from .registry import register_router
 
 
