@@ -69,12 +69,18 @@ class EmbeddingConfig(RouterConfig):
 
 @dataclass
 class Queries:
-    """A batch of instructions to score. ``embeddings`` may be precomputed (rows aligned)."""
+    """A batch of instructions to score. ``embeddings`` may be precomputed (rows aligned).
+
+    ``responses`` optionally holds the candidates' own outputs for these instructions (what
+    label-free routers such as SMOOTHIE score): model name -> one text per query (None where
+    that model has no output). A query x model DataFrame is accepted too.
+    """
 
     texts: list[str]
     ids: list[str] | None = None
     tasks: list[str] | None = None
     embeddings: np.ndarray | None = None
+    responses: dict[str, list[str | None]] | None = None
 
     def __post_init__(self):
         if isinstance(self.texts, str):
@@ -87,13 +93,34 @@ class Queries:
                                  f"{len(self.texts)} texts")
         if self.embeddings is not None and len(self.embeddings) != len(self.texts):
             raise ValueError("Queries.embeddings rows must match texts")
+        if self.responses is not None:
+            self.responses = _response_columns(self.responses, len(self.texts))
 
     def __len__(self) -> int:
         return len(self.texts)
 
     @classmethod
     def from_table(cls, table: OutcomeTable, embeddings: np.ndarray | None = None) -> "Queries":
-        return cls(table.texts, table.query_ids, table.tasks, embeddings)
+        return cls(table.texts, table.query_ids, table.tasks, embeddings, table.responses)
+
+
+def _response_columns(responses, n_queries: int) -> dict[str, list[str | None]]:
+    """Model -> list of n_queries texts (None = no output), from a mapping or a DataFrame."""
+    if isinstance(responses, str) or not hasattr(responses, "items"):
+        raise TypeError("Queries.responses maps model names to one text per query "
+                        f"(or is a query x model DataFrame), got {type(responses).__name__}")
+    columns = {}
+    for model, texts in responses.items():
+        if isinstance(texts, str):
+            raise TypeError(f"Queries.responses[{model!r}] must be a list of texts, not one "
+                            f"string")
+        texts = [None if text is None or (isinstance(text, float) and np.isnan(text)) else text
+                 for text in texts]
+        if len(texts) != n_queries:
+            raise ValueError(f"Queries.responses[{model!r}] has {len(texts)} entries for "
+                             f"{n_queries} texts")
+        columns[str(model)] = texts
+    return columns
 
 
 QueriesLike = Queries | Sequence[str] | OutcomeTable
@@ -123,6 +150,8 @@ class Router(ABC):
     uses_embeddings: ClassVar[bool] = False
     #: True for routers that read the labels of the very queries they score (the oracle).
     cheats: ClassVar[bool] = False
+    #: True for routers whose fit never reads outcome scores (SMOOTHIE): they need no labels.
+    label_free: ClassVar[bool] = False
 
     def __init__(self, config: RouterConfig | None = None, **overrides):
         if config is None:
@@ -269,12 +298,16 @@ class Router(ABC):
             meta = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from err
-        for key in ("router", "config", "models", "state"):
-            if key not in meta:
-                raise DataError("missing key", file=str(path), field=key)
+        if "router" not in meta:
+            raise DataError("missing key", file=str(path), field="router")
         klass = get_router_class(meta["router"])
         if cls is not Router and not issubclass(klass, cls):
             raise TypeError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
+        if meta.get("format") == "huggingface":  # saved with save_pretrained (CapSAT)
+            return klass.load(directory)
+        for key in ("config", "models", "state"):
+            if key not in meta:
+                raise DataError("missing key", file=str(path), field=key)
         router = klass(klass.config_class.from_dict(meta["config"]))
         router.models = list(meta["models"])
         router.load_state_json(meta["state"])
