@@ -1,0 +1,1 @@
+"""Training of the CapSAT router: config, data preparation and trainer."""

@@ -1,0 +1,58 @@
+"""``accelerate launch train --config RECIPE.yaml [--field value ...]``.
+
+Reads ``CapsatConfig`` (the model) and ``TrainConfig`` (the run) from the YAML recipe, with
+command-line overrides, prepares the data with the data builders, trains, and leaves the best
+router (by validation AUC) in ``<output_dir>/best`` as a ``save_pretrained`` folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+from capsat.capsat_model.config import CapsatConfig
+
+from .config import TrainConfig
+
+
+def parse(argv: list[str] | None = None) -> tuple[CapsatConfig, TrainConfig]:
+    from trl import TrlParser
+
+    parser = TrlParser((CapsatConfig, TrainConfig))
+    model_config, train_config = parser.parse_args_and_config(args=argv)
+    return model_config, train_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    from accelerate import Accelerator
+
+    from .data import prepare
+    from .trainer import CapsatTrainer
+
+    model_config, config = parse(argv)
+    accelerator = Accelerator()
+    started = time.perf_counter()
+    data = prepare(config)
+    if accelerator.is_main_process:
+        print(f"data: {json.dumps(data.summary())}", flush=True)
+    trainer = CapsatTrainer(model_config, config, data, accelerator=accelerator)
+    result = trainer.train()
+    if accelerator.is_main_process:
+        summary = {**result, "data": data.summary(), "wall_seconds": time.perf_counter() - started,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "num_processes": accelerator.num_processes,
+                   "model_config": model_config.to_dict(), "train_config": config.__dict__}
+        path = os.path.join(config.output_dir, "train_summary.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(summary, fh, indent=2)
+        os.replace(path + ".tmp", path)
+        print(f"best validation AUC {result['best']['auc']:.4f} at step {result['best']['step']}; "
+              f"router in {config.output_dir}/best", flush=True)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
