@@ -1,4 +1,4 @@
-"""The ``capsat`` command: ``eval | ls | validate``."""
+"""The ``capsat`` command: ``eval | ls | validate | train | onboard | explain``."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,8 @@ def cmd_eval(args) -> int:
     result = evaluate(args.data, args.split, args.routers, models=_csv(args.models),
                       seed=args.seed, test_size=args.test_size,
                       validation_size=args.validation_size, held_out=_csv(args.held_out),
-                      out_dir=args.out, plots=not args.no_plots, encoder=args.encoder)
+                      out_dir=args.out, plots=not args.no_plots, encoder=args.encoder,
+                      tasks=_csv(args.tasks))
     print(format_table(result))
     if args.out:
         print(f"wrote {args.out}/results.json, results.md and plots")
@@ -74,6 +75,64 @@ def cmd_validate(args) -> int:
     return 0
 
 
+ACCELERATE_CONFIGS = ("cpu", "cpu_2proc", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2")
+
+
+def accelerate_config_path(name: str) -> str:
+    """A shipped accelerate config by name, or a path to the user's own."""
+    from pathlib import Path
+
+    if name in ACCELERATE_CONFIGS:
+        import train
+
+        return str(Path(train.__file__).resolve().parent / "accelerate_configs" / f"{name}.yaml")
+    if not Path(name).is_file():
+        raise FileNotFoundError(f"no accelerate config {name!r}: neither a shipped one "
+                                f"({', '.join(ACCELERATE_CONFIGS)}) nor a file")
+    return name
+
+
+def cmd_train(args, rest: list[str]) -> int:
+    """Wrap ``accelerate launch -m train`` with a shipped accelerate config (trl style)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               accelerate_config_path(args.accelerate_config)]
+    if args.num_processes:
+        command += ["--num_processes", str(args.num_processes)]
+    command += ["-m", "train", "--config", args.config, *rest]
+    print("running:", " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def cmd_onboard(args) -> int:
+    from .capsat_model.router import CapsatRouter
+
+    try:
+        aptitude = json.loads(open(args.aptitude).read())
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON: {err.msg}", file=args.aptitude, line=err.lineno) from err
+    if not isinstance(aptitude, dict):
+        raise DataError("expected an object mapping task -> accuracy", file=args.aptitude)
+    price = json.loads(args.price) if args.price else None
+    router = CapsatRouter.from_pretrained(args.router)
+    candidate = router.onboard(args.name, aptitude, price=price, replace=args.replace)
+    router.save_pretrained(args.router)
+    print(f"onboarded {args.name!r} into {args.router} ({len(router.models)} candidates)\n"
+          f"representation: {candidate.representation}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .capsat_model.explain import explain
+
+    report = explain(args.router, args.data, split=args.split, seed=args.seed,
+                     max_queries=args.max_queries, out_dir=args.out)
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {args.out}/abilities.csv, queries.csv and explain.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capsat", description="Route instructions to LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated registry names (or NAME:PATH for a saved router); "
                          "'all' for every registered router")
     ev.add_argument("--models", help="comma-separated candidate pool (default: every model)")
+    ev.add_argument("--tasks", help="comma-separated tasks to evaluate on (default: every "
+                                     "task of the data)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--test-size", type=float, default=0.2)
     ev.add_argument("--validation-size", type=float, default=0.1,
@@ -110,13 +171,46 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--cost-unit", choices=["usd", "output_chars"])
     va.add_argument("--default-task", help="task for every row when the file has no task column")
     va.set_defaults(func=cmd_validate)
+
+    tr = sub.add_parser("train", help="train a CapSAT router (wraps accelerate launch); "
+                                      "further --field value pairs override the recipe")
+    tr.add_argument("--config", required=True, help="YAML recipe, e.g. "
+                                                    "train/recipes/cpu_default.yaml")
+    tr.add_argument("--accelerate-config", default="cpu",
+                    help=f"shipped ({', '.join(ACCELERATE_CONFIGS)}) or a path")
+    tr.add_argument("--num-processes", type=int, help="override the config's process count")
+    tr.set_defaults(func=cmd_train, passes_rest=True)
+
+    on = sub.add_parser("onboard", help="add a model to a CapSAT router from its aptitude-test "
+                                        "results alone (no retraining)")
+    on.add_argument("--router", required=True, help="saved CapSAT router directory")
+    on.add_argument("--name", required=True, help="the new candidate's name")
+    on.add_argument("--aptitude", required=True, help="JSON file: task -> accuracy on the "
+                                                      "router's core items")
+    on.add_argument("--price", help='JSON object, e.g. {"input_price": 0.2, "output_price": 0.2}')
+    on.add_argument("--replace", action="store_true", help="update an existing candidate")
+    on.set_defaults(func=cmd_onboard)
+
+    ex = sub.add_parser("explain", help="write a CapSAT router's IRT parameters: model "
+                                        "abilities, query difficulty and discrimination")
+    ex.add_argument("--router", required=True)
+    ex.add_argument("--data", required=True)
+    ex.add_argument("--split", default="query", choices=["query", "model", "task"])
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--max-queries", type=int, default=500,
+                    help="explain a seeded sample of this many test queries (0 = all)")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_explain)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return args.func(args)
+        return args.func(args, rest) if getattr(args, "passes_rest", False) else args.func(args)
     except (DataError, KeyError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"capsat {args.command}: error: {message}", file=sys.stderr)

@@ -38,3 +38,21 @@ def mmlu_small(mmlu_pro):
     for task in tasks:
         ids += list(table.queries.index[table.queries["task"] == task][:60])
     return table.subset(ids)
+
+
+@pytest.fixture(scope="session")
+def small_data_path(mmlu_small, tmp_path_factory):
+    """``mmlu_small`` as an outcome file, for code that loads data by path (train, CLI)."""
+    return str(mmlu_small.save(tmp_path_factory.mktemp("data") / "mmlu_small.parquet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(mmlu_small, tmp_path_factory):
+    """A tiny llama + BPE tokenizer saved as a local base-model folder (offline, seconds)."""
+    from tiny_llm import tiny_llm
+
+    model, tokenizer = tiny_llm(mmlu_small.texts)
+    path = tmp_path_factory.mktemp("tiny-base")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

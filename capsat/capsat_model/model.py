@@ -161,7 +161,8 @@ class CapsatNetwork(nn.Module):
         for name in ("connector", "ability_head", "query_head"):
             for k, v in getattr(self, name).state_dict().items():
                 state[f"{name}.{k}"] = v
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        # A copy: on the CPU, detach() alone would alias the live parameters.
+        return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
