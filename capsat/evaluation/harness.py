@@ -81,23 +81,38 @@ def _embed_parts(parts: dict[str, OutcomeTable], encoder: str) -> dict[str, np.n
             for name, t in parts.items()}
 
 
+def prepare_table(data: str | OutcomeTable, *, models: Sequence[str] | None = None,
+                  tasks: Sequence[str] | None = None) -> tuple[OutcomeTable, list[str]]:
+    """The table ``evaluate`` splits: restricted to ``models`` and ``tasks`` (None = all), then
+    to the queries every remaining model has a score for. Returns (table, notes)."""
+    table = data if isinstance(data, OutcomeTable) else load_outcomes(data)
+    if models:
+        table = table.subset(models=table.check_models(models))
+    if tasks:
+        known = set(table.tasks)
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise DataError(f"unknown task(s) {unknown}; {table.name!r} has "
+                            f"{sorted(known)}", field="task")
+        table = table.subset(table.queries.index[table.queries["task"].isin(list(tasks))])
+    complete = table.complete()
+    notes = [f"restricted to task(s) {list(tasks)}"] if tasks else []
+    if len(complete) < len(table):
+        notes.append(f"dropped {len(table) - len(complete)} of {len(table)} queries that lack a "
+                     f"score for some candidate model")
+    if len(complete) == 0:
+        raise DataError("no query has a score for every candidate model", field="score")
+    return complete, notes
+
+
 def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequence[str] = "all",
              *, models: Sequence[str] | None = None, seed: int = 0, test_size: float = 0.2,
              validation_size: float = 0.1, held_out: Sequence[str] | None = None,
              out_dir: str | os.PathLike | None = None, plots: bool = True,
-             encoder: str = DEFAULT_ENCODER) -> EvalResult:
-    table = data if isinstance(data, OutcomeTable) else load_outcomes(data)
+             encoder: str = DEFAULT_ENCODER, tasks: Sequence[str] | None = None) -> EvalResult:
+    """``tasks``: evaluate on those tasks only (None = every task of the data)."""
     specs = parse_router_list(routers)
-    if models:
-        table = table.subset(models=table.check_models(models))
-    complete = table.complete()
-    notes = []
-    if len(complete) < len(table):
-        notes.append(f"dropped {len(table) - len(complete)} of {len(table)} queries that lack a "
-                     f"score for some candidate model")
-    table = complete
-    if len(table) == 0:
-        raise DataError("no query has a score for every candidate model", field="score")
+    table, notes = prepare_table(data, models=models, tasks=tasks)
 
     held = {}
     if held_out:
