@@ -25,6 +25,17 @@ def parse(argv: list[str] | None = None) -> tuple[CapsatConfig, TrainConfig]:
     return model_config, train_config
 
 
+def has_accelerator_device() -> bool:
+    """Whether a GPU-like device exists. Without one we ask accelerate for the CPU explicitly:
+    then a multi-process launch runs data-parallel over gloo (MULTI_CPU) instead of as N
+    independent single processes."""
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return bool(torch.cuda.is_available() or is_xpu_available() or is_npu_available()
+                or is_mps_available())
+
+
 def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
@@ -32,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import CapsatTrainer
 
     model_config, config = parse(argv)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not has_accelerator_device())
     started = time.perf_counter()
     data = prepare(config)
     if accelerator.is_main_process:

@@ -153,6 +153,9 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
 
     for spec in specs:
         klass = get_router_class(spec.name)
+        if klass.needs_responses and test.responses is None:
+            result.skipped[spec.label] = "needs the candidates' responses; this data has none"
+            continue
         t0 = time.perf_counter()
         try:
             if spec.path:

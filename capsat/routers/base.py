@@ -152,6 +152,8 @@ class Router(ABC):
     cheats: ClassVar[bool] = False
     #: True for routers whose fit never reads outcome scores (SMOOTHIE): they need no labels.
     label_free: ClassVar[bool] = False
+    #: True for routers that read the candidates' own responses (SMOOTHIE).
+    needs_responses: ClassVar[bool] = False
 
     def __init__(self, config: RouterConfig | None = None, **overrides):
         if config is None:

@@ -145,6 +145,7 @@ class _SmoothieRouter(Router):
     """Shared by both variants: output embeddings, per-sample estimates, modes, state."""
 
     label_free = True
+    needs_responses = True
     config_class = SmoothieGlobalConfig
 
     def _check_config(self) -> None:
