@@ -21,7 +21,7 @@ from datasets import Dataset
 
 from .aptitude import AptitudeTest
 from .errors import DataError
-from .outcomes import OutcomeTable
+from .outcomes import OutcomeTable, read_parquet
 
 INQUIRY_PROMPT = "Can the model above answer this instruction correctly? Answer Yes or No."
 #: A score at or above this counts as a correct answer (graded scores: "mostly right").
@@ -173,12 +173,7 @@ def load_instructions(path: str | os.PathLike) -> Dataset:
     """Read Parquet written by ``save_instructions``; checks it has the columns of capability
     instructions or of k-shot groups."""
     path = Path(path)
-    if not path.exists():
-        raise DataError("no such file", file=str(path))
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"not a readable Parquet file ({err})", file=str(path)) from err
+    table = read_parquet(path)
     names = set(table.column_names)
     schema = KSHOT_SCHEMA if "group_id" in names else INSTRUCTION_SCHEMA
     for column in schema:

@@ -189,12 +189,7 @@ class OutcomeTable:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OutcomeTable":
         path = Path(path)
-        if not path.exists():
-            raise DataError("no such file", file=str(path))
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"not a readable Parquet file ({err})", file=str(path)) from err
+        table = read_parquet(path)
         raw = (table.schema.metadata or {}).get(b"capsat")
         meta = json.loads(raw) if raw else {}
         df = table.to_pandas()
@@ -204,6 +199,17 @@ class OutcomeTable:
         if meta.get("models"):  # keep the column order the table was saved with
             out = out.subset(models=[m for m in meta["models"] if m in out.models])
         return out
+
+
+def read_parquet(path: str | os.PathLike) -> pa.Table:
+    """Read a Parquet file; a missing or unreadable file is a DataError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file", file=str(path))
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"not a readable Parquet file ({err})", file=str(path)) from err
 
 
 def _model_order(df: pd.DataFrame) -> list[str]:

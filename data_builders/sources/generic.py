@@ -49,11 +49,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import DataError
-from ..outcomes import COST_UNITS, OutcomeTable, validate_long
+from ..outcomes import COST_UNITS, OutcomeTable, validate_long, read_parquet
 
 LAYOUTS = ("auto", "wide", "long")
 _FORMATS = {".csv": "csv", ".csv.gz": "csv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
@@ -171,10 +169,7 @@ def _read_jsonl(path: Path) -> Records:
 
 
 def _read_parquet(path: Path) -> Records:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"not a readable Parquet file ({err})", file=str(path)) from err
+    table = read_parquet(path)
     raw_meta = (table.schema.metadata or {}).get(b"capsat")
     frame = table.to_pandas().astype(object)
     frame = frame.where(frame.notna(), None)

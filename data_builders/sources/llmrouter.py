@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 
 from ..errors import DataError
 from ..outcomes import OutcomeTable
