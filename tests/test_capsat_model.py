@@ -73,6 +73,8 @@ def test_save_pretrained_and_load_in_a_fresh_process(router, data, tmp_path):
     assert {"config.json", "heads.safetensors", "registry.json", "README.md", "router.json",
             "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".pickle"))]
+    adapter = json.loads((tmp_path / "r" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == router.config.base_model
     registry = json.loads((tmp_path / "r" / "registry.json").read_text())
     assert registry["models"] == router.models and registry["tasks"] == router.tasks
     texts = data.validation.texts[:3]

@@ -189,6 +189,11 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             (tmp / "config.json").write_text(json.dumps(
                 {"router": self.name, **self.config.to_dict()}, indent=2))
             self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+            # peft records where the base was loaded from (a local cache path): name it instead.
+            adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
+            values = json.loads(adapter_config.read_text())
+            values["base_model_name_or_path"] = self.config.base_model
+            adapter_config.write_text(json.dumps(values, indent=2))
             heads = {k: v for k, v in self.network.trainable_state().items()
                      if not k.startswith("lora.")}
             heads["capability_features"] = self.features.contiguous()
