@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from huggingface_hub import ModelHubMixin, snapshot_download
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from data_builders.aptitude import render_representation
 from data_builders.embeddings import Embedder
@@ -122,8 +123,10 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         features = self.features.to(device)
         out = []
         size = self.config.predict_batch_size
+        starts = range(0, len(queries), size)
         with torch.no_grad():
-            for start in range(0, len(queries), size):
+            for start in tqdm(starts, desc="capsat: scoring", unit="batch",
+                              disable=len(starts) < 8, leave=False):
                 batch = network.pack_queries(queries.texts[start:start + size],
                                              len(self.models)).to(device)
                 out.append(torch.sigmoid(network(batch, features).logits).double().cpu())
