@@ -20,6 +20,7 @@ from capsat.cli import main as cli_main
 from capsat.evaluation import evaluate
 from capsat.routers import Router
 from data_builders import DataError
+from data_builders.splits import make_split
 from train.config import TrainConfig
 from train.data import prepare
 
@@ -125,6 +126,16 @@ def test_capsat_in_the_eval_harness_and_explain(router, small_data_path, tmp_pat
     for metric in ("routed_accuracy", "auc", "log_loss", "ece", "gap_closed"):
         assert row[metric] is not None
     assert "capsat" in result.skipped and "capsat train" in result.skipped["capsat"]
+    # A router that saw some of the test queries in training is refused, not scored.
+    test_ids = list(make_split(prepare(TrainConfig(data=small_data_path)).table, "query",
+                               seed=0).test)
+    router.trained_on = {"query_ids": test_ids[:2]}
+    try:
+        router.save_pretrained(tmp_path / "leaky")
+    finally:
+        router.trained_on = {}
+    leaky = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'leaky'}")
+    assert "trained on 2 of these test queries" in leaky.skipped["capsat:leaky"]
     report = explain(str(tmp_path / "r"), small_data_path, max_queries=20, out_dir=tmp_path / "x")
     summary = report["summary"]
     assert summary["queries"] == 20 and set(summary["spearman_difficulty_vs_accuracy_per_task"])

@@ -70,6 +70,10 @@ class CapsatTrainer:
         candidates = [c for c in data.candidates if c.name in train_models]
         self.router = CapsatRouter.create(model_config, candidates, data.aptitude.tasks,
                                           data.keywords, llm=llm, tokenizer=tokenizer)
+        self.router.trained_on = {
+            "data": config.data, "split": config.split, "seed": config.seed,
+            "query_ids": sorted(set(data.train.query_ids) | set(data.validation.query_ids)
+                                | set(data.aptitude.item_ids))}
         self.output_dir = Path(config.output_dir)
         network = self.router.network
         groups = network.trainable_groups()

@@ -36,6 +36,8 @@ from ..routers.base import ROUTER_FILE, Queries, Router
 from ..routers.registry import register_router
 from .config import CapsatConfig
 
+#: The router shipped inside the package (``CapsatRouter.from_pretrained("default")``).
+DEFAULT_ROUTER_DIR = Path(__file__).resolve().parent.parent / "default_router"
 HEADS_FILE = "heads.safetensors"
 REGISTRY_FILE = "registry.json"
 ADAPTER_DIR = "adapter"
@@ -72,6 +74,9 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         self.candidates: dict[str, Candidate] = {}
         self.features: torch.Tensor | None = None
         self.model_card_table: str = ""
+        #: What training saw: data name, split, seed and every query id it read (train,
+        #: validation, aptitude core items). The eval harness refuses test sets that overlap it.
+        self.trained_on: dict = {}
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -202,7 +207,8 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             heads["capability_features"] = self.features.contiguous()
             save_file(heads, str(tmp / HEADS_FILE))
             registry = {"models": self.models, "tasks": self.tasks, "keywords": self.keywords,
-                        "candidates": {m: self.candidates[m].to_json() for m in self.models}}
+                        "candidates": {m: self.candidates[m].to_json() for m in self.models},
+                        "trained_on": self.trained_on}
             (tmp / REGISTRY_FILE).write_text(json.dumps(registry, indent=2))
             (tmp / ROUTER_FILE).write_text(json.dumps({"router": self.name,
                                                        "format": "huggingface"}))
@@ -220,7 +226,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                          cache_dir=None, force_download: bool = False,
                          local_files_only: bool = False, token=None, llm=None, tokenizer=None,
                          **kwargs) -> "CapsatRouter":
-        directory = Path(model_id)
+        directory = DEFAULT_ROUTER_DIR if model_id == "default" else Path(model_id)
         if not directory.is_dir():
             directory = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
                                                force_download=force_download, token=token,
@@ -248,6 +254,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
 
         router = cls(config)
         router.tasks, router.keywords = registry["tasks"], registry["keywords"]
+        router.trained_on = registry.get("trained_on", {})
         router.candidates = {c.name: c for c in candidates}
         router.models = [c.name for c in candidates]
         router.features = features
@@ -259,6 +266,10 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                                              **heads})
         router.network.eval()
         return router
+
+    @property
+    def seen_query_ids(self) -> set[str]:
+        return set(self.trained_on.get("query_ids", []))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, **kwargs) -> "CapsatRouter":

@@ -159,12 +159,18 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
         t0 = time.perf_counter()
         try:
             if spec.path:
-                router = Router.load(spec.path)
+                router = klass.load(spec.path)
             elif klass.cheats:
                 router = klass().fit(test)
             else:
                 router = klass().fit(train, validation, embeddings)
             fit_seconds = time.perf_counter() - t0
+            seen = getattr(router, "seen_query_ids", set()) & set(test.query_ids)
+            if seen:
+                result.skipped[spec.label] = (f"was trained on {len(seen)} of these test queries "
+                                              f"(e.g. {sorted(seen)[:3]}): evaluate it on the "
+                                              f"split it was trained for")
+                continue
             unseen = [m for m in test_models if m not in router.models]
             if unseen:
                 result.skipped[spec.label] = (f"cannot score models it was not fitted on: "
