@@ -120,6 +120,7 @@ def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mm
     assert result["best"]["step"] in (2, 4)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "val_auc" in log[1]
+    assert all(r["across_models"] >= 0 for r in log)
     router = Router.load(tmp_path / "best")
     probs = router.predict_proba(mmlu_small.texts[:3])
     assert probs.shape == (3, len(mmlu_small.models))

@@ -38,6 +38,9 @@ class TrainConfig:
                                               "(query, candidate) pair of the group")
     weight_listwise: float = help_field(0.5, "weight of the Model-SAT listwise loss: which of "
                                              "the group's queries did its model get right")
+    weight_across_models: float = help_field(0.0, "weight of the per-query softmax over the "
+                                                  "candidates, toward the ones that got it "
+                                                  "right: the comparison routing makes")
     weight_irt: float = help_field(0.3, "weight of the IRT auxiliary loss")
     eval_every: int = help_field(50, "validate (AUC, log-loss) every N steps and at the end")
     checkpoint_every: int = help_field(25, "write a resumable checkpoint every N steps")

@@ -6,6 +6,8 @@ in one packed forward pass, and combines
 
 - pointwise: Yes/No cross-entropy on every (query, candidate) pair (scores as soft targets);
 - listwise: softmax over the group's queries of its model's logit, target the right one;
+- across models: per query, softmax over the candidates toward the ones that got it right
+  (the comparison routing makes; the Model-SAT listwise loss compares queries, not models);
 - IRT: cross-entropy of sigmoid(a_q . theta_m - b_q) on the same pairs.
 
 Stage 1 trains the connector and IRT heads only (the LoRA learning rate is held at 0); stage
@@ -127,9 +129,18 @@ class CapsatTrainer:
             target = torch.tensor(int(row["positive_index"]), device=logits.device)
             listwise.append(nn.functional.cross_entropy(logits[None], target[None]))
         listwise = torch.stack(listwise).mean()
+        # Across candidates, per query: the right ones should out-score the wrong ones.
+        solved = targets.sum(dim=1) > 0
+        across = out.logits.sum() * 0.0
+        if solved.any():
+            share = targets[solved] / targets[solved].sum(dim=1, keepdim=True)
+            log_p = nn.functional.log_softmax(out.logits[solved], dim=1)
+            across = -(share * log_p).sum(dim=1).mean()
         c = self.config
-        total = c.weight_pointwise * pointwise + c.weight_listwise * listwise + c.weight_irt * irt
-        return {"loss": total, "pointwise": pointwise, "listwise": listwise, "irt": irt}
+        total = (c.weight_pointwise * pointwise + c.weight_listwise * listwise
+                 + c.weight_across_models * across + c.weight_irt * irt)
+        return {"loss": total, "pointwise": pointwise, "listwise": listwise,
+                "across_models": across, "irt": irt}
 
     # ------------------------------------------------------------ validation
     def validate(self) -> dict:
