@@ -83,6 +83,13 @@ def write_table() -> None:
             parts.append("\n".join(f"- {n}" for n in result.notes +
                                    [f"skipped {k}: {v}" for k, v in result.skipped.items()]))
         parts.append("")
+    parts.append("## Other benchmarks\n")
+    parts.append("- [`smoothie.md`](smoothie.md): label-free SMOOTHIE on RouterBench "
+                 "(`python bench/smoothie_report.py --run`).")
+    parts.append("- `capsat_*/`: the CapSAT router beside the classic ones (`results.md` in each, "
+                 "with the training log and summary; commands in the folder's `README.md`).")
+    parts.append("- `packing_cost*.json`: cost of scoring 29 candidates in one packed pass "
+                 "(`python bench/packing_cost.py`).")
     (RESULTS / "README.md").write_text("\n".join(parts) + "\n")
 
 
