@@ -82,7 +82,7 @@ def measure(model, tokenizer, instruction: list[int], soft: torch.Tensor, suffix
         return packed_forward(model, batch, soft[None], select_token_ids=yes_no).logits
 
     naive_embeds = torch.cat([soft, embed(instruction_ids).expand(n_candidates, -1, -1),
-                              embed(torch.tensor([suffix])).expand(n_candidates, -1, -1)], dim=1)
+                              embed(torch.tensor([suffix], dtype=torch.long)).expand(n_candidates, -1, -1)], dim=1)
 
     def naive():
         hidden = decoder(inputs_embeds=naive_embeds, use_cache=False).last_hidden_state
