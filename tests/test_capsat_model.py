@@ -152,6 +152,11 @@ def test_bad_inputs(router):
         CapsatConfig(n_soft_tokens=0)
     with pytest.raises(DataError, match="CapSAT"):
         CapsatRouter.from_pretrained(__file__.rsplit("/", 1)[0])
+    from capsat.capsat_model.router import DEFAULT_ROUTER_DIR
+
+    if not DEFAULT_ROUTER_DIR.exists():  # never a hub download for the shipped name
+        with pytest.raises(DataError, match="no default"):
+            CapsatRouter.from_pretrained("default")
 
 
 @pytest.mark.slow

@@ -227,6 +227,9 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                          local_files_only: bool = False, token=None, llm=None, tokenizer=None,
                          **kwargs) -> "CapsatRouter":
         directory = DEFAULT_ROUTER_DIR if model_id == "default" else Path(model_id)
+        if model_id == "default" and not (directory / "config.json").exists():
+            raise DataError("no default CapSAT router is shipped in this version; train one "
+                            "with `capsat train`", file=str(directory))
         if not directory.is_dir():
             directory = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
                                                force_download=force_download, token=token,
