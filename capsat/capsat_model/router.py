@@ -226,10 +226,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                          cache_dir=None, force_download: bool = False,
                          local_files_only: bool = False, token=None, llm=None, tokenizer=None,
                          **kwargs) -> "CapsatRouter":
-        directory = DEFAULT_ROUTER_DIR if model_id == "default" else Path(model_id)
-        if model_id == "default" and not (directory / "config.json").exists():
-            raise DataError("no default CapSAT router is shipped in this version; train one "
-                            "with `capsat train`", file=str(directory))
+        directory = Path(model_id)
         if not directory.is_dir():
             directory = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
                                                force_download=force_download, token=token,
@@ -269,6 +266,16 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                                              **heads})
         router.network.eval()
         return router
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CapsatRouter":
+        """A saved folder, a hub id, or "default" (the router shipped in the package)."""
+        if str(pretrained_model_name_or_path) == "default":
+            if not (DEFAULT_ROUTER_DIR / "config.json").exists():
+                raise DataError("no default CapSAT router is shipped in this version; train "
+                                "one with `capsat train`", file=str(DEFAULT_ROUTER_DIR))
+            pretrained_model_name_or_path = DEFAULT_ROUTER_DIR
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def seen_query_ids(self) -> set[str]:
