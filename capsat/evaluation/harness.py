@@ -125,7 +125,10 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
     scores = test.scores[test_models].to_numpy(dtype=float)
     costs = None if test.costs is None else test.costs[test_models].to_numpy(dtype=float)
     # Reference values. Best single: chosen on train labels (of the test models), scored on test.
-    train_means = table.subset(list(the_split.train), test_models).scores.mean()
+    # Train labels / costs of the test models: pick the best single model and the expected
+    # per-model costs without looking at test.
+    train_of_test_models = table.subset(list(the_split.train), test_models)
+    train_means = train_of_test_models.scores.mean()
     best_model = str(train_means.idxmax())
     best_single = float(test.scores[best_model].mean())
     oracle = float(scores.max(axis=1).mean())
@@ -136,7 +139,7 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
 
     expected_costs = None
     if costs is not None:
-        expected_costs = table.subset(list(the_split.train), test_models).costs.mean()
+        expected_costs = train_of_test_models.costs.mean()
         expected_costs = expected_costs.to_numpy(dtype=float)
         for j, m in enumerate(test_models):
             result.single_models[m] = {"accuracy": float(scores[:, j].mean()),
