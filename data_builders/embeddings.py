@@ -81,7 +81,8 @@ class Embedder:
             for shard in sorted(self.cache_dir.glob("shard-*.npz")):
                 with np.load(shard) as data:
                     for key, vec in zip(data["keys"], data["vectors"]):
-                        self._index[bytes(key)] = vec
+                        # numpy's "S20" drops trailing NUL bytes of a digest: pad them back.
+                        self._index[bytes(key).ljust(20, b"\0")] = vec
         return self._index
 
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:

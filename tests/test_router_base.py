@@ -94,3 +94,16 @@ def test_embedding_cache_is_reused_without_loading_the_model(tmp_path):
     assert first.encode([]).shape == (0, 384)
     with pytest.raises(TypeError):
         first.encode([1, 2])
+
+
+def test_cached_key_ending_in_a_zero_byte_is_found(tmp_path):
+    # numpy stores digests as "S20", which drops trailing NUL bytes.
+    import hashlib
+
+    text = next(f"question {i}" for i in range(10_000)
+                if hashlib.sha1(f"question {i}".encode()).digest()[-1] == 0)
+    first = Embedder(cache_dir=tmp_path, progress=False)
+    vector = first.encode([text])
+    second = Embedder(cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(second.encode([text]), vector)
+    assert second._model is None
