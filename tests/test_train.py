@@ -126,6 +126,17 @@ def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mm
     assert probs.shape == (3, len(mmlu_small.models))
 
 
+def test_time_limit_stops_with_a_validated_checkpoint(small_data_path, tiny_base, tmp_path):
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, max_minutes=1e-9)
+    result = trainer.train()
+    assert result["step"] == 1 and not result["completed"]
+    assert "val_auc" in trainer.history[-1]
+    assert (tmp_path / "checkpoints" / "step-0000001").is_dir()
+    assert (tmp_path / "best" / "config.json").exists()
+    with pytest.raises(ValueError, match="max_minutes"):
+        recipe(small_data_path, tiny_base, tmp_path, max_minutes=-1)
+
+
 @pytest.mark.slow
 def test_accelerate_two_processes_and_sigkill_resume(small_data_path, tiny_base, tmp_path):
     """`capsat train` under accelerate with 2 CPU processes (gloo); then a single-process run

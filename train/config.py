@@ -46,6 +46,9 @@ class TrainConfig:
     checkpoint_every: int = help_field(25, "write a resumable checkpoint every N steps")
     output_dir: str = help_field("runs/capsat", "checkpoints, logs and the final router")
     resume: bool = help_field(False, "continue from the last checkpoint in output_dir")
+    max_minutes: float = help_field(0.0, "stop after this many minutes of training (0: no "
+                                         "limit); the last step is validated and checkpointed, "
+                                         "and the best router so far is kept")
 
     def __post_init__(self):
         if self.split not in ("query", "model", "task"):
@@ -53,7 +56,7 @@ class TrainConfig:
         if self.kshot < 2:
             raise ValueError("kshot must be >= 2")
         for name in ("stage1_steps", "stage2_steps", "max_train_queries",
-                     "max_validation_queries"):
+                     "max_validation_queries", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("groups_per_step", "eval_every", "checkpoint_every", "k_per_task"):

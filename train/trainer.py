@@ -218,6 +218,14 @@ class CapsatTrainer:
         self.optimizer.param_groups[1]["lr"] = self.config.lr_lora if stage2 else 0.0
         return "lora" if stage2 else "heads"
 
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``max_minutes`` has run out; every process gets the same answer."""
+        if not self.config.max_minutes:
+            return False
+        if time.perf_counter() - started > self.config.max_minutes * 60:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
     def train(self, stop_after: int | None = None) -> dict:
         """Run to the end (or ``stop_after`` steps, for tests that simulate a kill)."""
         if self.config.resume:
@@ -244,7 +252,8 @@ class CapsatTrainer:
             record = {"step": self.step, "stage": stage,
                       **{k: float(v.detach()) for k, v in losses.items()},
                       "seconds": round(time.perf_counter() - started, 2)}
-            if self.step % self.config.eval_every == 0 or self.step == total:
+            last = self.step == total or self._out_of_time(started)
+            if self.step % self.config.eval_every == 0 or last:
                 self.network.eval()
                 if main:
                     record.update(self.validate())
@@ -260,7 +269,9 @@ class CapsatTrainer:
                                 **({"val_auc": f"{record['val_auc']:.3f}"}
                                    if "val_auc" in record else {}))
                 bar.update(1)
-            if self.step % self.config.checkpoint_every == 0 or self.step == total:
+            if self.step % self.config.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+            if last:
+                break
         bar.close()
-        return {"step": self.step, "best": self.best}
+        return {"step": self.step, "best": self.best, "completed": self.step == total}

@@ -225,7 +225,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None,
                          cache_dir=None, force_download: bool = False,
                          local_files_only: bool = False, token=None, llm=None, tokenizer=None,
-                         **kwargs) -> "CapsatRouter":
+                         device: str = "auto", **kwargs) -> "CapsatRouter":
         directory = Path(model_id)
         if not directory.is_dir():
             directory = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir,
@@ -265,6 +265,9 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         router.network.load_trainable_state({**{f"lora.{k}": v for k, v in lora.items()},
                                              **heads})
         router.network.eval()
+        if device == "auto":  # scoring is a forward pass of the LLM: use the GPU when there is one
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        router.network.to(device)
         return router
 
     @classmethod
