@@ -1,4 +1,5 @@
-"""The ``capsat`` command: ``eval | ls | validate | train | onboard | explain``."""
+"""The ``capsat`` command: ``eval | ls | validate | train | onboard | explain | route |
+frontier``."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import json
 import sys
 
 from data_builders.errors import DataError
+from data_builders.outcomes import MAX_QUERY_CHARS as MAX_CHARS_DEFAULT
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -133,6 +135,83 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _route_config(args):
+    from .routing import RouteConfig
+
+    return RouteConfig(
+        router=args.router, input=args.input, output=getattr(args, "output", "") or "",
+        candidates=_csv(args.candidates), policy=getattr(args, "policy_spec", "max-accuracy"),
+        field=args.field, id_field=args.id_field, chat=args.chat, max_chars=args.max_chars,
+        input_format=args.input_format, output_format=getattr(args, "output_format", None),
+        chunk_size=args.chunk_size, resume=getattr(args, "resume", False), strict=args.strict,
+        prices=args.prices, output_tokens=args.output_tokens, fit_data=args.fit_data,
+        fit_part=args.fit_part, seed=args.seed, work_dir=args.work_dir,
+        shard=getattr(args, "shard", None), merge_only=getattr(args, "merge_only", False),
+        keep_parts=getattr(args, "keep_parts", False),
+        save_router=getattr(args, "save_router", None), progress=not args.no_progress)
+
+
+def cmd_route(args) -> int:
+    from .routing import run_route
+
+    args.policy_spec = args.policy
+    summary = run_route(_route_config(args))
+    if summary is not None:  # the merging process reports
+        print(summary.format())
+        print(f"wrote {summary.output}, {summary.errors_file} and {args.output}.summary.json")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    from .routing import frontier
+
+    result = frontier(_route_config(args), args.policy, args.out, n_points=args.points)
+    if result is not None:
+        best = max((p for p in result["points"]
+                    if p[f"{result['axes']['accuracy']}_accuracy"] is not None),
+                   key=lambda p: p[f"{result['axes']['accuracy']}_accuracy"], default=None)
+        print(f"{len(result['points'])} points ({result['axes']}); best accuracy "
+              f"{best and best[result['axes']['accuracy'] + '_accuracy']:.4f}")
+        print(f"wrote {args.out}/frontier.json and frontier.png")
+    return 0
+
+
+def _add_log_options(parser) -> None:
+    """Options shared by ``route`` and ``frontier`` (see capsat.routing.RouteConfig)."""
+    parser.add_argument("--router", required=True,
+                        help="saved router directory, classic router name (fitted on "
+                             "--fit-data) or CapSAT hub id")
+    parser.add_argument("--input", required=True, help="log: JSONL, CSV or Parquet (.gz ok "
+                                                        "for JSONL/CSV)")
+    parser.add_argument("--candidates", help="comma-separated candidate pool (default: all)")
+    parser.add_argument("--field", default="instruction",
+                        help="instruction field: text, or OpenAI-style chat messages (the last "
+                             "user turn is routed; system prompts and earlier turns are "
+                             "ignored and counted)")
+    parser.add_argument("--id-field", help="row id field (default: the line number)")
+    parser.add_argument("--chat", action="store_true",
+                        help="CSV: the field holds JSON-encoded chat messages")
+    parser.add_argument("--max-chars", type=int, default=MAX_CHARS_DEFAULT,
+                        help="reject longer instructions")
+    parser.add_argument("--input-format", choices=["jsonl", "csv", "parquet"])
+    parser.add_argument("--chunk-size", type=int, default=10_000,
+                        help="rows per chunk (unit of resume and scale-out)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    parser.add_argument("--prices", help="JSON file (model -> cost per call, or "
+                                         "{input_price, output_price} per million tokens), or a "
+                                         "data set / outcome file (mean cost per call)")
+    parser.add_argument("--output-tokens", type=int, default=256,
+                        help="assumed answer length, for token prices")
+    parser.add_argument("--fit-data", help="data set name or outcome file to fit a named "
+                                           "router on")
+    parser.add_argument("--fit-part", default="all", choices=["all", "train"],
+                        help="fit on all of --fit-data, or on its train part only (query split "
+                             "with --seed; a log built from the test part is then honest)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", help="chunk parts directory (default OUTPUT.parts)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capsat", description="Route instructions to LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +280,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="explain a seeded sample of this many test queries (0 = all)")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_explain)
+
+    ro = sub.add_parser("route", help="route every instruction of a log (JSONL, CSV, Parquet): "
+                                      "streaming, resumable, cost-aware; runs under "
+                                      "accelerate launch to scale out")
+    _add_log_options(ro)
+    ro.add_argument("--output", required=True,
+                    help="routed rows (errors go to OUTPUT.errors.jsonl, the summary to "
+                         "OUTPUT.summary.json)")
+    ro.add_argument("--output-format", choices=["jsonl", "csv", "parquet"],
+                    help="default: the input's")
+    ro.add_argument("--policy", default="max-accuracy",
+                    help="max-accuracy | tradeoff:LAMBDA | threshold:T | budget:B")
+    ro.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run (keeps its finished chunks)")
+    ro.add_argument("--shard", help="i/N: score chunks k with k %% N == i only (several "
+                                    "machines on a shared disk; then --merge-only)")
+    ro.add_argument("--merge-only", action="store_true",
+                    help="merge the parts of finished --shard runs into the output")
+    ro.add_argument("--keep-parts", action="store_true",
+                    help="keep OUTPUT.parts after the merge")
+    ro.add_argument("--save-router", help="also save the fitted router to this directory")
+    ro.set_defaults(func=cmd_route)
+
+    fr = sub.add_parser("frontier", help="sweep a policy's knob over a (labelled) log and plot "
+                                         "accuracy against cost, single models as points")
+    _add_log_options(fr)
+    fr.add_argument("--policy", required=True, choices=["tradeoff", "threshold", "budget"])
+    fr.add_argument("--points", type=int, default=25, help="knob values swept")
+    fr.add_argument("--out", required=True, help="directory for frontier.json and "
+                                                 "frontier.png")
+    fr.set_defaults(func=cmd_frontier)
     return parser
 
 
