@@ -1,5 +1,6 @@
-"""``python -m data_builders``: rebuild shipped data (``build``), or write the Model-SAT
-training data of one split (``instructions``)."""
+"""``python -m data_builders``: rebuild shipped data (``build``), write the Model-SAT
+training data of one split (``instructions``), or an instruction log with real outcome labels
+for `capsat route` (``log``)."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +92,24 @@ def cmd_instructions(args) -> int:
     return 0
 
 
+def cmd_log(args) -> int:
+    from .logs import log_rows, sample_ids, write_log
+    from .splits import make_split
+
+    table = load_outcomes(args.data)
+    if args.models:
+        table = table.subset(models=table.check_models(_csv(args.models)))
+    # The split `capsat eval` and `capsat train` make: on queries with a score for every model.
+    table = table.complete()
+    split = make_split(table, "query", test_size=args.test_size,
+                       validation_size=args.validation_size, seed=args.seed)
+    ids = sample_ids(list(getattr(split, args.part)), args.n, args.seed)
+    path = write_log(log_rows(table, ids), args.out)
+    print(f"wrote {path}: {len(ids)} instructions from the {args.part} part of the {table.name} "
+          f"query split (seed {args.seed}), labels for {len(table.models)} models")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_builders", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instructions per k-shot group (one right, k-1 wrong)")
     ins.add_argument("--out", required=True, help="output directory")
     ins.set_defaults(func=cmd_instructions)
+
+    log = sub.add_parser("log", help="write a JSONL instruction log (with the real outcomes as "
+                                     "score|MODEL labels) from one part of a query split")
+    log.add_argument("--data", required=True, help="a shipped data set name or an outcome file")
+    log.add_argument("--part", default="test", choices=["train", "validation", "test"])
+    log.add_argument("--seed", type=int, default=0, help="seed of the split and the sample")
+    log.add_argument("--test-size", type=float, default=0.2)
+    log.add_argument("--validation-size", type=float, default=0.1)
+    log.add_argument("--models", help="comma-separated candidate pool (default: every model)")
+    log.add_argument("--n", type=int, default=200, help="instructions to sample")
+    log.add_argument("--out", required=True, help="output .jsonl")
+    log.set_defaults(func=cmd_log)
     return parser
 
 

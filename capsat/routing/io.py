@@ -37,11 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_builders.errors import DataError
+from data_builders.logs import COST_PREFIX, SCORE_PREFIX  # the label fields of a log
 from data_builders.outcomes import MAX_QUERY_CHARS
 
 FORMATS = ("jsonl", "csv", "parquet")
-SCORE_PREFIX = "score|"
-COST_PREFIX = "cost|"
 PROB_PREFIX = "p|"
 EXCERPT_CHARS = 200
 #: Why a row was rejected (the errors file's ``reason``).
