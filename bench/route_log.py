@@ -1,8 +1,9 @@
 """Batch routing at scale: a 1,000,000-line JSONL log routed by the kNN router.
 
 The log is built from the shipped MMLU-Pro questions (seeded uniform draws, so instructions
-repeat; every 10th line carries the real outcome labels). The kNN router is fitted on
-mmlu_pro (the five small open models) and saved; ``capsat route`` then runs as a child
+repeat; every 10th line carries the real outcome labels). The log draws only from the test
+part of the query split (seed 0) and the kNN router is fitted on the train part of mmlu_pro
+(the five small open models), so the realised accuracy is out of sample; the router is saved; ``capsat route`` then runs as a child
 process while this script samples its RSS, so memory is reported along the way (at 10%,
 50%, 100% of the chunks) and as the exact peak (getrusage of the child). A smaller log
 measures the speed-up of ``accelerate launch --num_processes 2`` over one process.
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from results_readme import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,10 +37,17 @@ MODELS = ["Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "mathstral-7B"
           "Qwen1.5-7B-Chat"]
 
 
-def build_log(path: Path, lines: int, seed: int = 0) -> None:
-    from data_builders.sources import load_outcomes
+TITLE = "Batch routing: 1M-line log (kNN)"
 
-    table = load_outcomes("mmlu_pro").subset(models=MODELS)
+
+def build_log(path: Path, lines: int, seed: int = 0) -> None:
+    from capsat.evaluation.harness import prepare_table
+    from capsat.routing.resolve import fit_tables
+
+    table, _ = prepare_table("mmlu_pro", models=MODELS)  # as resolve_router fits
+    fit, validation, _ = fit_tables(table, "train", seed=0)
+    seen = set(fit.query_ids) | set(validation.query_ids)
+    table = table.subset([q for q in table.query_ids if q not in seen])
     ids, texts = table.query_ids, table.texts
     scores = table.scores.to_numpy(dtype=float)
     draws = np.random.default_rng(seed).integers(0, len(ids), size=lines)
@@ -54,6 +64,7 @@ def build_log(path: Path, lines: int, seed: int = 0) -> None:
 
 def run_sampled(command: list[str], parts_dir: Path, n_chunks: int) -> dict:
     """Run ``command``, sampling the RSS of its process tree; RSS at 10/50/100% of chunks."""
+    shutil.rmtree(parts_dir, ignore_errors=True)  # parts kept by an earlier run would count
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -107,12 +118,14 @@ def main() -> None:
 
     t0 = time.perf_counter()
     router_dir = work / "knn_mmlu_pro"
-    resolved = resolve_router("knn", fit_data="mmlu_pro", candidates=MODELS)
+    resolved = resolve_router("knn", fit_data="mmlu_pro", fit_part="train",
+                              candidates=MODELS)
     resolved.router.save(router_dir)
     fit_seconds = time.perf_counter() - t0
 
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other "
-                         f"jobs)", "router": "knn fitted on mmlu_pro (5 small models)",
+                         f"jobs)", "router": "knn fitted on the train part of mmlu_pro (5 small "
+                                        "models); log drawn from the test part",
               "fit_seconds": round(fit_seconds, 1), "candidates": MODELS, "runs": {}}
     for name, lines in (("large", args.lines), ("small", args.small_lines)):
         log = work / f"log_{lines}.jsonl"
@@ -167,25 +180,19 @@ def write_readme_section(result: dict, args) -> None:
                     f"{run['rss_mb_samples_max']} | {marks.get('10%')} / {marks.get('50%')} / "
                     f"{marks.get('100%')} |")
     section = (
-        "\n## Batch routing: 1M-line log (kNN)\n\n"
         f"`python bench/route_log.py --lines {args.lines} --small-lines {args.small_lines}` "
-        f"on {result['machine']}; kNN fitted on mmlu_pro in {result['fit_seconds']} s "
-        f"(embeddings from the disk cache). JSONL log of real MMLU-Pro questions (seeded "
-        f"draws, instructions repeat), chunks of {args.chunk_size}; RSS of the process tree "
+        f"on {result['machine']}; kNN fitted on the train part of mmlu_pro's query split "
+        f"(seed 0, five small models) in {result['fit_seconds']} s (embeddings from the disk "
+        f"cache). JSONL log of real MMLU-Pro questions drawn from the test part (seeded draws, "
+        f"instructions repeat; every 10th line labelled: realised accuracy "
+        f"{large['realised_accuracy']:.4f} against {large['best_single']['realised_accuracy']:.4f} "
+        f"for always {large['best_single']['model']}), chunks of {args.chunk_size}; RSS of the "
+        f"process tree "
         f"(both processes for the 2-process run) sampled every 0.5 s. 2 processes = "
         f"`accelerate launch --multi_gpu --num_processes 2 -m capsat.cli route ...`: speed-up "
         f"{two['speedup']}x wall ({two['score_speedup']}x scoring), output byte-identical to "
         f"one process: {two['identical_to_1proc']}.\n\n" + "\n".join(rows) + "\n")
-    readme = RESULTS / "README.md"
-    text = readme.read_text() if readme.exists() else ""
-    marker = "\n## Batch routing: 1M-line log (kNN)\n"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        nxt = rest.find("\n## ")
-        text = head + (rest[nxt:] if nxt >= 0 else "")
-    tmp = readme.with_name("README.md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n" + section)
-    os.replace(tmp, readme)
+    replace_section(TITLE, section)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_readme import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 ROUTERS = ["knn", "kmeans", "best_single"]
 SEED = 0
+
+
+TITLE = "Batch routing on RouterBench: frontier and budget"
 
 
 def main() -> None:
@@ -115,8 +119,7 @@ def write_readme_section(result: dict) -> None:
         rows.append(f"| {name} | {m['realised_accuracy']:.4f} | {m['realised_cost']:.3g} | "
                     f"{b['realised_accuracy']:.4f} | {b['realised_cost_per_row']:.3g} | "
                     f"{s['realised_accuracy']:.4f} ({s['model']}) | {s['realised_cost']:.3g} |")
-    section = ("\n## Batch routing on RouterBench: frontier and budget\n\n"
-               f"`python bench/route_routerbench.py` on {result['machine']}. Routers fitted on "
+    section = (f"`python bench/route_routerbench.py` on {result['machine']}. Routers fitted on "
                f"the train part of a seeded query split ({result['split']['train_queries']} "
                f"train / {result['split']['validation_queries']} validation queries); the "
                f"{result['split']['test_queries']} test queries routed as a labelled JSONL log. "
@@ -124,16 +127,7 @@ def write_readme_section(result: dict) -> None:
                "model's (best train accuracy) expected total cost on the log; accuracy and "
                "cost are realised (the log's real labels and USD costs). Plot: "
                "[`route_routerbench.png`](route_routerbench.png).\n\n" + "\n".join(rows) + "\n")
-    readme = RESULTS / "README.md"
-    text = readme.read_text() if readme.exists() else ""
-    marker = "\n## Batch routing on RouterBench: frontier and budget\n"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        nxt = rest.find("\n## ")
-        text = head + (rest[nxt:] if nxt >= 0 else "")
-    tmp = readme.with_name("README.md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n" + section)
-    os.replace(tmp, readme)
+    replace_section(TITLE, section)
 
 
 if __name__ == "__main__":
