@@ -205,8 +205,16 @@ def test_gzip_csv_and_parquet_inputs_give_the_same_routing(mmlu_small, knn_dir, 
         writer.writerows(rows)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "log.parquet", row_group_size=7)
 
-    reference = route(knn_dir, plain, tmp_path / "out.jsonl", chunk_size=10, id_field="id")
+    job = run_route(RouteConfig(router=knn_dir, input=str(plain),
+                                output=str(tmp_path / "out.jsonl"), progress=False,
+                                chunk_size=10, id_field="id"))
+    reference = job.to_json()
     expected = read_jsonl(tmp_path / "out.jsonl")
+    # The summary sets the routed accuracy beside always using the best single model.
+    best = reference["best_single"]
+    assert best["realised_accuracy"] == pytest.approx(
+        np.mean([row["score|" + best["model"]] for row in rows]))
+    assert f"(always {best['model']}: accuracy {best['realised_accuracy']:.4g}" in job.format()
     route(knn_dir, zipped, tmp_path / "out_gz.jsonl.gz", chunk_size=10, id_field="id")
     with gzip.open(tmp_path / "out_gz.jsonl.gz", "rt") as fh:
         assert [json.loads(line) for line in fh] == expected

@@ -167,8 +167,14 @@ class JobSummary:
                          f"{_fmt(b.get('expected_cost'))}")
         if "realised" in d:
             r = d["realised"]
-            lines.append(f"realised on {r['labelled_rows']} labelled rows: accuracy "
-                         f"{_fmt(r['accuracy'])}, cost per row {_fmt(r['cost_per_row'])}")
+            line = (f"realised on {r['labelled_rows']} labelled rows: accuracy "
+                    f"{_fmt(r['accuracy'])}, cost per row {_fmt(r['cost_per_row'])}")
+            single = d.get("best_single", {})
+            if single.get("realised_accuracy") is not None:
+                line += (f" (always {single['model']}: accuracy "
+                         f"{_fmt(single['realised_accuracy'])}, cost per row "
+                         f"{_fmt(single.get('realised_cost'))})")
+            lines.append(line)
         if "budget" in d:
             b = d["budget"]
             lines.append(f"budget {_fmt(b['budget'])}: spend {_fmt(b['spend'])} (dual price "
