@@ -15,7 +15,8 @@ from capsat.cli import main
 from capsat.evaluation.metrics import auc
 from data_builders.logs import SCORE_PREFIX
 
-LOG = Path(__file__).resolve().parent.parent / "data_builders" / "shipped" / "mmlu_pro_test_log.jsonl"
+REPO = Path(__file__).resolve().parent.parent
+LOG = REPO / "data_builders" / "shipped" / "mmlu_pro_test_log.jsonl"
 N_ROWS = 48
 
 
