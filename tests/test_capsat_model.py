@@ -57,6 +57,18 @@ def test_scores_every_candidate_in_one_pass(router, data):
     np.testing.assert_allclose(alone[:, 0], probs[:, j], atol=1e-5)
 
 
+def test_scoring_progress_bar_can_be_turned_off(router, data, capsys):
+    texts = (list(data.validation.texts) * 64)[:64]  # 8 batches: long enough for a bar
+    router.predict_proba(texts)
+    assert "capsat: scoring" in capsys.readouterr().err
+    router.progress = False  # what `capsat route --no-progress` sets
+    try:
+        router.predict_proba(texts)
+    finally:
+        router.progress = True
+    assert "capsat: scoring" not in capsys.readouterr().err
+
+
 def test_lora_targets_exist_and_base_is_frozen(router):
     network = router.network
     names = {n.rsplit(".", 1)[-1] for n, _ in network.llm.named_modules()}

@@ -131,7 +131,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         starts = range(0, len(queries), size)
         with torch.no_grad():
             for start in tqdm(starts, desc="capsat: scoring", unit="batch",
-                              disable=len(starts) < 8, leave=False):
+                              disable=not self.progress or len(starts) < 8, leave=False):
                 batch = network.pack_queries(queries.texts[start:start + size],
                                              len(self.models)).to(device)
                 out.append(torch.sigmoid(network(batch, features).logits).double().cpu())

@@ -166,6 +166,8 @@ class Router(ABC):
         self.config = config
         self.models: list[str] = []
         self._embedder: Embedder | None = None
+        #: Show progress bars for long work (embedding, scoring); a batch job may turn them off.
+        self.progress = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
@@ -253,7 +255,8 @@ class Router(ABC):
         if queries.embeddings is not None:
             return queries.embeddings
         if self._embedder is None:
-            self._embedder = Embedder(getattr(self.config, "encoder", DEFAULT_ENCODER))
+            self._embedder = Embedder(getattr(self.config, "encoder", DEFAULT_ENCODER),
+                                      progress=self.progress)
         return self._embedder.encode(queries.texts, desc=f"{self.name}: embedding queries")
 
     # --------------------------------------------------------- save / load

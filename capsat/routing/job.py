@@ -522,6 +522,7 @@ def run_route(config: RouteConfig) -> JobSummary | None:
         _prepare_work_dir(work, fingerprint, config.resume, config.shard is not None)
     procs.barrier()
     router, info = _resolve(config, work, procs)
+    router.progress = config.progress  # the router's own bars (embedding, scoring) too
     models = _candidates(config, router)
     # Prices and policy are checked before the long part, not after it.
     prices = resolve_prices(config, router, models, work) if procs.is_main else None
