@@ -93,8 +93,8 @@ def cmd_instructions(args) -> int:
 
 
 def cmd_log(args) -> int:
-    from .logs import log_rows, sample_ids, write_log
-    from .splits import make_split
+    from .logs import log_rows, write_log
+    from .splits import make_split, sample_ids
 
     table = load_outcomes(args.data)
     if args.models:

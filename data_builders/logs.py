@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from .outcomes import OutcomeTable
 
 SCORE_PREFIX = "score|"
@@ -47,10 +45,3 @@ def write_log(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     os.replace(tmp, path)
     return path
 
-
-def sample_ids(ids: Sequence[str], n: int, seed: int) -> list[str]:
-    """A seeded sample of ``n`` ids (all of them if there are fewer), in their original order."""
-    if n >= len(ids):
-        return list(ids)
-    keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
-    return [ids[i] for i in keep]

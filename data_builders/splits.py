@@ -251,3 +251,13 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
                         field="test_size")
     return Split(kind, int(seed), tuple(train), tuple(validation), tuple(test),
                  tuple(train_models), tuple(test_models), tuple(tasks_out))
+
+
+def sample_ids(ids: Sequence[str], limit: int, seed: int) -> list[str]:
+    """A seeded sample of ``limit`` ids in their original order (all of them when ``limit`` is 0
+    or at least their number)."""
+    ids = list(ids)
+    if not limit or limit >= len(ids):
+        return ids
+    keep = np.random.default_rng(seed).choice(len(ids), size=limit, replace=False)
+    return [ids[i] for i in sorted(keep)]

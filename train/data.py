@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from capsat.capsat_model.router import Candidate
@@ -17,7 +16,7 @@ from data_builders.aptitude import (AptitudeTest, exclude_core_items, represent_
 from data_builders.instructions import build_kshot_groups
 from data_builders.outcomes import OutcomeTable
 from data_builders.sources import load_outcomes
-from data_builders.splits import Split, make_split
+from data_builders.splits import Split, make_split, sample_ids
 
 from .config import TrainConfig
 
@@ -54,14 +53,6 @@ def prices(table: OutcomeTable, train_ids) -> dict[str, dict]:
     return out
 
 
-def _sample(ids, limit: int, seed: int) -> list[str]:
-    ids = list(ids)
-    if not limit or limit >= len(ids):
-        return ids
-    keep = np.random.default_rng(seed).choice(len(ids), size=limit, replace=False)
-    return [ids[i] for i in sorted(keep)]
-
-
 def prepare(config: TrainConfig) -> TrainingData:
     table = load_outcomes(config.data)
     if config.models:
@@ -85,8 +76,8 @@ def prepare(config: TrainConfig) -> TrainingData:
 
     train = exclude_core_items(table.subset(list(split.train), list(split.train_models)),
                                aptitude)
-    train = train.subset(_sample(train.query_ids, config.max_train_queries, config.seed))
-    validation = table.subset(_sample(split.validation, config.max_validation_queries,
+    train = train.subset(sample_ids(train.query_ids, config.max_train_queries, config.seed))
+    validation = table.subset(sample_ids(split.validation, config.max_validation_queries,
                                       config.seed + 1), list(split.train_models))
     groups = build_kshot_groups(train, representations, config.kshot, config.seed,
                                 exclude=aptitude).to_pandas()

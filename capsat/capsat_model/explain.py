@@ -15,7 +15,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from data_builders.sources import load_outcomes
-from data_builders.splits import make_split
+from data_builders.splits import make_split, sample_ids
 
 from .router import CapsatRouter
 
@@ -34,9 +34,7 @@ def explain(router: str | CapsatRouter, data: str, *, split: str = "query", seed
     models = [m for m in router.models if m in table.models]
     table = table.subset(models=models).complete()
     test = table.subset(list(make_split(table, split, seed=seed).test))
-    if max_queries and len(test) > max_queries:
-        keep = np.random.default_rng(seed).choice(len(test), max_queries, replace=False)
-        test = test.subset([test.query_ids[i] for i in sorted(keep)])
+    test = test.subset(sample_ids(test.query_ids, max_queries, seed))
     params = router.irt_parameters(test.texts)
     columns = [router.models.index(m) for m in models]
     ability = params["ability"][columns]
