@@ -20,9 +20,6 @@ The classic routers' figures on the same splits are in ``bench/results/<data>.js
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from capsat.capsat_model.router import CapsatRouter
     from capsat.evaluation.harness import evaluate
-    from train.cli import main as train_main, parse
+    from data_builders.atomic import write_json
+    from train.cli import main as train_main
+    from train.cli import parse
     from train.data import prepare
 
     root = Path(args.out) / args.name
@@ -64,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             if candidate.name not in router.models:
                 router.onboard(candidate.name, candidate.aptitude, candidate.price)
                 onboarded.append(candidate.name)
-        tmp = root / "router.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        router.save_pretrained(tmp)
-        shutil.rmtree(root / "router", ignore_errors=True)
-        os.replace(tmp, root / "router")
+        router.save_pretrained(root / "router")  # atomic
         router_dir = root / "router"
         del router
 
@@ -84,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                "onboarded_held_out_models": onboarded, "split": result.split,
                "reference": result.reference, "routers": result.routers,
                "skipped": result.skipped}
-    tmp = root / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, root / "summary.json")
+    write_json(root / "summary.json", summary, indent=2)
     for label, row in result.routers.items():
         print(f"{args.name} {label}: AUC {row['auc']:.4f} routed accuracy "
               f"{row['routed_accuracy']:.4f} log-loss {row['log_loss']:.4f} ECE {row['ece']:.4f}",

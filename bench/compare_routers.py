@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from capsat.evaluation import evaluate, format_table
+from data_builders.atomic import write_json, write_text
 
 SMALL_OPEN_MODELS = ["Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "mathstral-7B",
                      "gemma-7b", "Qwen1.5-7B-Chat"]
@@ -48,9 +49,7 @@ def run(name: str, routers: str, seed: int) -> dict:
                         "command": f"python bench/compare_routers.py --only {name}",
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    tmp = RESULTS / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, RESULTS / f"{name}.json")
+    write_json(RESULTS / f"{name}.json", payload, indent=2)
     print(f"\n## {setting['title']}  ({seconds:.0f} s)\n{format_table(result)}", flush=True)
     return payload
 
@@ -90,7 +89,7 @@ def write_table() -> None:
                  "with the training log and summary; commands in the folder's `README.md`).")
     parts.append("- `packing_cost*.json`: cost of scoring 29 candidates in one packed pass "
                  "(`python bench/packing_cost.py`).")
-    (RESULTS / "README.md").write_text("\n".join(parts) + "\n")
+    write_text(RESULTS / "README.md", "\n".join(parts) + "\n")
 
 
 def main(argv=None) -> int:

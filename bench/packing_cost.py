@@ -17,7 +17,6 @@ from other jobs on the machine hits all three alike; the ratios are the figures 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ import torch
 
 from capsat.capsat_model.base_llm import load_base_llm, yes_no_token_ids
 from capsat.capsat_model.packing import collate, pack, packed_forward
+from data_builders.atomic import write_json
 from data_builders.sources import load_outcomes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,10 +160,7 @@ def main() -> None:
         "load_average_start_end": [load_average_start, os.getloadavg()],
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, args.out)
+    write_json(args.out, payload, indent=2)
 
     print(f"\n{len(names)} candidates, k={args.n_soft} soft tokens + {len(suffix)} suffix tokens, "
           f"{payload['machine']}; medians")

@@ -1,8 +1,9 @@
 """Replace one ``## `` section of bench/results/README.md, leaving the others as they are."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from data_builders.atomic import write_text
 
 README = Path(__file__).resolve().parent / "results" / "README.md"
 
@@ -15,6 +16,4 @@ def replace_section(title: str, body: str, readme: Path = README) -> None:
         head, _, rest = text.partition(marker)
         nxt = rest.find("\n## ")
         text = head + (rest[nxt:] if nxt >= 0 else "")
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(text.rstrip("\n") + "\n" + marker + "\n" + body.lstrip("\n"))
-    os.replace(tmp, readme)
+    write_text(readme, text.rstrip("\n") + "\n" + marker + "\n" + body.lstrip("\n"))

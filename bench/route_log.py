@@ -30,6 +30,8 @@ import numpy as np
 import psutil
 from results_readme import replace_section
 
+from data_builders.atomic import atomic_open, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
@@ -41,25 +43,20 @@ TITLE = "Batch routing: 1M-line log (kNN)"
 
 
 def build_log(path: Path, lines: int, seed: int = 0) -> None:
-    from capsat.evaluation.harness import prepare_table
-    from capsat.routing.resolve import fit_tables
+    from data_builders.experiment import prepare_experiment
 
-    table, _ = prepare_table("mmlu_pro", models=MODELS)  # as resolve_router fits
-    fit, validation, _ = fit_tables(table, "train", seed=0)
-    seen = set(fit.query_ids) | set(validation.query_ids)
-    table = table.subset([q for q in table.query_ids if q not in seen])
+    experiment = prepare_experiment("mmlu_pro", models=MODELS, seed=0)  # as route fits
+    table = experiment.table.subset(list(experiment.split.test))
     ids, texts = table.query_ids, table.texts
     scores = table.scores.to_numpy(dtype=float)
     draws = np.random.default_rng(seed).integers(0, len(ids), size=lines)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for i, q in enumerate(draws):
             row = {"id": f"{ids[q]}@{i}", "instruction": texts[q]}
             if i % 10 == 0:
                 row.update({f"score|{m}": scores[q, j] for j, m in enumerate(MODELS)
                             if not np.isnan(scores[q, j])})
             fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
 
 
 def run_sampled(command: list[str], parts_dir: Path, n_chunks: int) -> dict:
@@ -162,9 +159,7 @@ def main() -> None:
             result["runs"]["small_2proc"] = run2
             print(json.dumps({k: v for k, v in run2.items() if k != "stdout"}), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "route_log.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS / "route_log.json")
+    write_json(RESULTS / "route_log.json", result, indent=2)
     write_readme_section(result, args)
 
 

@@ -35,16 +35,16 @@ TITLE = "Batch routing on RouterBench: frontier and budget"
 
 
 def main() -> None:
-    from capsat.evaluation.harness import prepare_table
     from capsat.evaluation.metrics import upper_envelope
     from capsat.evaluation.plots import _save, plt
     from capsat.routing import RouteConfig, frontier, run_route
-    from data_builders.splits import make_split
+    from data_builders.atomic import write_json
+    from data_builders.experiment import prepare_experiment
 
     work = Path("/tmp/capsat-route-routerbench")
     work.mkdir(parents=True, exist_ok=True)
-    table, notes = prepare_table("routerbench")
-    split = make_split(table, "query", test_size=0.2, validation_size=0.1, seed=SEED)
+    experiment = prepare_experiment("routerbench", seed=SEED)
+    table, notes, split = experiment.table, experiment.notes, experiment.split
     test = table.subset(list(split.test))
     log = work / "routerbench_test.jsonl"
     with open(log, "w", encoding="utf-8") as fh:
@@ -105,9 +105,7 @@ def main() -> None:
     ax.legend(fontsize=7)
     RESULTS.mkdir(parents=True, exist_ok=True)
     _save(fig, RESULTS / "route_routerbench.png")
-    tmp = RESULTS / "route_routerbench.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS / "route_routerbench.json")
+    write_json(RESULTS / "route_routerbench.json", result, indent=2)
     write_readme_section(result)
 
 

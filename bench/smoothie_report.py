@@ -11,7 +11,7 @@ The runs are exactly these commands (query split, 20% test, 10% validation, seed
         --out runs/smoothie_routerbench [--tasks TASK --out runs/smoothie_TASK]
 
 For the rank statistics, each run's test split is rebuilt with the harness's own
-``prepare_table`` and ``make_split`` (checked against the run's recorded split sizes and
+``prepare_experiment`` (checked against the run's recorded split sizes and
 per-model test accuracies), SMOOTHIE is fitted and scored again on it (deterministic), and per
 task the Spearman correlation between its per-model scores and the models' true test accuracy
 is computed. Writes bench/results/smoothie.json and bench/results/smoothie.md.
@@ -28,10 +28,10 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from capsat.cli import main as cli_main
-from capsat.evaluation.harness import prepare_table
 from capsat.routers import Queries, make_router
+from data_builders.atomic import write_text
 from data_builders.embeddings import Embedder
-from data_builders.splits import make_split
+from data_builders.experiment import prepare_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -56,9 +56,10 @@ def command(name: str) -> list[str]:
 
 def rank_statistics(name: str, recorded: dict) -> dict:
     """Per task of the run's test split: SMOOTHIE's per-model scores against true accuracy."""
-    table, _ = prepare_table("routerbench", tasks=RUNS[name])
-    split = make_split(table, recorded["split"]["kind"], test_size=TEST_SIZE,
-                       validation_size=VALIDATION_SIZE, seed=recorded["split"]["seed"])
+    experiment = prepare_experiment("routerbench", recorded["split"]["kind"], tasks=RUNS[name],
+                                    test_size=TEST_SIZE, validation_size=VALIDATION_SIZE,
+                                    seed=recorded["split"]["seed"])
+    table, split = experiment.table, experiment.split
     for key, value in split.sizes().items():
         if recorded["split"][key] != value:
             raise RuntimeError(f"{name}: rebuilt split differs from the run's ({key}: "
@@ -146,12 +147,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true",
@@ -179,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             "per_task": rank_statistics(name, recorded),
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(RESULTS / "smoothie.json", json.dumps(report, indent=2))
-    write_atomic(RESULTS / "smoothie.md", markdown(report))
+    write_text(RESULTS / "smoothie.json", json.dumps(report, indent=2))
+    write_text(RESULTS / "smoothie.md", markdown(report))
     print(markdown(report))
     return 0
 

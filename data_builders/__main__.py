@@ -1,5 +1,5 @@
 """``python -m data_builders``: rebuild shipped data (``build``), write the Model-SAT
-training data of one split (``instructions``), or an instruction log with real outcome labels
+training material of one split (``prepare``), or an instruction log with real outcome labels
 for `capsat route` (``log``)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .sources import SOURCES, build_source, load_outcomes, shipped_path
+from .sources import SOURCES, build_source, shipped_path
 
 
 def cmd_build(args) -> int:
@@ -23,86 +23,64 @@ def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def cmd_instructions(args) -> int:
-    from .aptitude import represent_models, select_core_items, task_keywords, write_json
-    from .errors import DataError
-    from .instructions import (build_instructions, build_kshot_groups, groups_per_model,
-                               save_instructions)
-    from .splits import make_split
+def cmd_prepare(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .aptitude import represent_models, task_keywords
+    from .atomic import atomic_path, write_json
+    from .experiment import prepare_experiment
+    from .kshot import build_kshot_groups, groups_per_model
 
     out = Path(args.out)
-    held_out = _csv(args.held_out)
-    held = {}
-    if held_out:
-        if args.split == "query":
-            raise DataError("--held-out is for --split model or --split task", field="held_out")
-        held = {"held_out_models" if args.split == "model" else "held_out_tasks": held_out}
-    table = load_outcomes(args.data)
-    print(f"in: {table}")
-    models = _csv(args.models)
-    if models:
-        table = table.subset(models=table.check_models(models))
-    # The same table the evaluation harness splits (``capsat eval``), so that the same seed
-    # gives the same split there and here.
-    complete = table.complete()
-    if len(complete) < len(table):
-        print(f"in: dropped {len(table) - len(complete)} of {len(table)} queries that lack a "
-              f"score for some model")
-    table = complete
-    split = make_split(table, args.split, test_size=args.test_size,
-                       validation_size=args.validation_size, seed=args.seed, **held)
-    train, validation, test = split.tables(table)
+    experiment = prepare_experiment(args.data, args.split, models=_csv(args.models),
+                                    held_out=_csv(args.held_out), seed=args.seed,
+                                    test_size=args.test_size,
+                                    validation_size=args.validation_size,
+                                    k_per_task=args.k_per_task)
+    table, split, aptitude = experiment.table, experiment.split, experiment.aptitude
+    for note in experiment.notes:
+        print(f"in: {note}")
+    train, validation, _ = experiment.parts()
     print(f"split: {args.split}, seed {args.seed}: {split.sizes()}")
-
-    aptitude = select_core_items(train, args.k_per_task, args.seed)
-    aptitude.check_not_in(split.validation, "validation")
-    aptitude.check_not_in(split.test, "test")
-    keywords = task_keywords(train, n=args.keywords)
-    pool = list(dict.fromkeys(split.train_models + split.test_models))
-    # Held-out models are described by their core-item scores only: the onboarding setting.
-    representations = represent_models(aptitude, table, keywords, models=pool)
-    print(f"aptitude test: {len(aptitude.item_ids)} core items from train "
-          f"({args.k_per_task} per task x {len(aptitude.tasks)} tasks)")
-
-    written = [write_json(split.to_json(), out / "split.json"),
-               write_json(aptitude.to_json(), out / "aptitude.json"),
-               write_json(keywords, out / "keywords.json"),
-               write_json(representations, out / "representations.json")]
+    keywords = task_keywords(table.subset(list(split.train)), n=args.keywords)
+    # Every model is described by its core-item scores (held-out ones: their onboarding).
+    representations = represent_models(aptitude, table.subset(list(split.train)), keywords)
+    print(f"aptitude test: {len(aptitude.item_ids)} core items chosen on the train queries of "
+          f"{len(split.train_models)} train models ({args.k_per_task} per task x "
+          f"{len(aptitude.tasks)} tasks)")
+    written = [write_json(out / "split.json", split.to_json()),
+               write_json(out / "aptitude.json", aptitude.to_json()),
+               write_json(out / "keywords.json", keywords),
+               write_json(out / "representations.json", representations)]
     counts = {"split": split.sizes(), "core_items": len(aptitude.item_ids)}
-    for part, part_table in (("train", train), ("validation", validation), ("test", test)):
-        ds = build_instructions(part_table, representations, exclude=aptitude)
-        cells = int(part_table.scores.notna().to_numpy().sum())
-        written.append(save_instructions(ds, out / f"instructions_{part}.parquet"))
-        counts[f"instructions_{part}"] = len(ds)
-        print(f"out: {part} instructions: {len(ds)} rows from {cells} observed cells "
-              f"({cells - len(ds)} core-item cells left out)")
     for part, part_table in (("train", train), ("validation", validation)):
-        groups = build_kshot_groups(part_table, representations, args.kshot, args.seed,
-                                    exclude=aptitude)
+        groups = build_kshot_groups(part_table, args.kshot, args.seed, exclude=aptitude)
+        with atomic_path(out / f"kshot_{part}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pandas(groups, preserve_index=False), tmp)
+        written.append(out / f"kshot_{part}.parquet")
         per_model = groups_per_model(groups)
-        written.append(save_instructions(groups, out / f"kshot_{part}.parquet"))
         counts[f"kshot_{part}"] = len(groups)
         counts[f"kshot_{part}_per_model"] = per_model
         low, high = (min(per_model.values()), max(per_model.values())) if per_model else (0, 0)
         print(f"out: {part} k-shot groups (k={args.kshot}): {len(groups)} "
               f"({low} to {high} per model, {len(per_model)} models)")
-    written.append(write_json(counts, out / "counts.json"))
+    written.append(write_json(out / "counts.json", counts))
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
 def cmd_log(args) -> int:
+    from .experiment import prepare_experiment
     from .logs import log_rows, write_log
-    from .splits import make_split, sample_ids
+    from .splits import sample_ids
 
-    table = load_outcomes(args.data)
-    if args.models:
-        table = table.subset(models=table.check_models(_csv(args.models)))
-    # The split `capsat eval` and `capsat train` make: on queries with a score for every model.
-    table = table.complete()
-    split = make_split(table, "query", test_size=args.test_size,
-                       validation_size=args.validation_size, seed=args.seed)
+    # The split `capsat eval` and `capsat train` make with the same arguments.
+    experiment = prepare_experiment(args.data, "query", models=_csv(args.models),
+                                    seed=args.seed, test_size=args.test_size,
+                                    validation_size=args.validation_size)
+    table, split = experiment.table, experiment.split
     ids = sample_ids(list(getattr(split, args.part)), args.n, args.seed)
     path = write_log(log_rows(table, ids), args.out)
     print(f"wrote {path}: {len(ids)} instructions from the {args.part} part of the {table.name} "
@@ -119,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "e.g. ../shared/data")
     build.set_defaults(func=cmd_build)
 
-    ins = sub.add_parser("instructions", help="split a data set, choose the aptitude test's "
-                                              "core items and write capability instructions")
+    ins = sub.add_parser("prepare", help="split a data set, choose the aptitude test's core "
+                                         "items and write what CapSAT training reads (split, "
+                                         "aptitude test, representations, k-shot groups)")
     ins.add_argument("--data", required=True, help="a shipped data set name or an outcome file")
     ins.add_argument("--split", default="query", choices=["query", "model", "task"])
     ins.add_argument("--seed", type=int, default=0, help="seed of the split, the core-item "
@@ -136,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--kshot", type=int, default=4,
                      help="instructions per k-shot group (one right, k-1 wrong)")
     ins.add_argument("--out", required=True, help="output directory")
-    ins.set_defaults(func=cmd_instructions)
+    ins.set_defaults(func=cmd_prepare)
 
     log = sub.add_parser("log", help="write a JSONL instruction log (with the real outcomes as "
                                      "score|MODEL labels) from one part of a query split")

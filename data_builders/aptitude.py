@@ -8,12 +8,9 @@ train part of a split, and must never be used for evaluation: ``AptitudeTest.ite
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -275,49 +272,3 @@ def represent_models(test: AptitudeTest, table: OutcomeTable, keywords: Mapping[
     accuracy = score_models(test, table, models)
     return {m: render_representation(accuracy.loc[m].to_dict(), keywords)
             for m in accuracy.index}
-
-
-def represent_new_model(results: Mapping[str, float] | pd.Series, test: AptitudeTest,
-                        keywords: Mapping[str, str]) -> str:
-    """Onboard a model from its aptitude results alone: either its accuracy per task (keys are
-    exactly the test's tasks) or its score per core item (keys are core item ids; missing items
-    are left out, but every task needs at least one)."""
-    results = dict(results.items())
-    if not results:
-        raise DataError("no aptitude results", field="results")
-    for key, value in results.items():
-        if not isinstance(value, (int, float, np.number)) or not 0.0 <= float(value) <= 1.0:
-            raise DataError(f"result for {key!r} must be a number in [0, 1], got {value!r}",
-                            field="score")
-    tasks, task_of = set(test.tasks), test.task_of()
-    if set(results) <= tasks:
-        missing = sorted(tasks - set(results))
-        if missing:
-            raise DataError(f"no accuracy for task(s) {missing}", field="task")
-        accuracy = {t: float(v) for t, v in results.items()}
-    elif set(results) <= set(task_of):
-        by_task: dict[str, list[float]] = {}
-        for qid, value in results.items():
-            by_task.setdefault(task_of[qid], []).append(float(value))
-        missing = sorted(tasks - set(by_task))
-        if missing:
-            raise DataError(f"no core-item score for task(s) {missing}", field="task")
-        accuracy = {t: float(np.mean(v)) for t, v in by_task.items()}
-    else:
-        stray = sorted(set(results) - tasks - set(task_of))[:3]
-        raise DataError(f"results must be keyed by the test's tasks or by its core item ids; "
-                        f"{stray} are neither (or the keys mix both)", field="results")
-    return render_representation(accuracy, keywords)
-
-
-# ----------------------------------------------------------------------------- I/O
-def write_json(data, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path

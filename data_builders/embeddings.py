@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .atomic import atomic_open
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 SHARD_SIZE = 512
 
@@ -88,10 +90,8 @@ class Embedder:
     def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{hashlib.sha1(b''.join(keys)).hexdigest()[:16]}.npz"
-        tmp = self.cache_dir / (name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_open(self.cache_dir / name, "wb") as fh:
             np.savez(fh, keys=np.array(keys, dtype="S20"), vectors=vectors.astype(np.float32))
-        os.replace(tmp, self.cache_dir / name)
 
     def encode(self, texts: Sequence[str], desc: str = "embedding") -> np.ndarray:
         """Return an (n, dim) array for ``texts``, computing only what the cache lacks."""

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .atomic import atomic_open
 from .outcomes import OutcomeTable
 
 SCORE_PREFIX = "score|"
@@ -36,12 +37,8 @@ def log_rows(table: OutcomeTable, query_ids: Sequence[str] | None = None) -> lis
 
 def write_log(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as JSONL, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 

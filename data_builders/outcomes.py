@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path
 from .errors import DataError
 
 # Column -> (arrow type, required, help).
@@ -174,17 +175,27 @@ class OutcomeTable:
     def save(self, path: str | os.PathLike) -> Path:
         """Write long Parquet atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         long = self.to_long()
         schema = pa.schema([(c, LONG_SCHEMA[c][0]) for c in long.columns])
         table = pa.Table.from_pandas(long, schema=schema, preserve_index=False)
-        meta = {"name": self.name, "cost_unit": self.cost_unit, "model_info": self.model_info,
-                "provenance": self.provenance, "models": self.models}
-        table = table.replace_schema_metadata({b"capsat": json.dumps(meta).encode()})
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp, compression="zstd", compression_level=19)
-        os.replace(tmp, path)
+        table = table.replace_schema_metadata({b"capsat": json.dumps(self._meta()).encode()})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd", compression_level=19)
         return path
+
+    def _meta(self) -> dict:
+        return {"name": self.name, "cost_unit": self.cost_unit, "model_info": self.model_info,
+                "provenance": self.provenance, "models": self.models}
+
+    @classmethod
+    def _from_long_with_meta(cls, df: pd.DataFrame, meta: dict, *, name: str,
+                             file: str) -> "OutcomeTable":
+        out = cls.from_long(df, name=meta.get("name", name), cost_unit=meta.get("cost_unit"),
+                            model_info=meta.get("model_info"),
+                            provenance=meta.get("provenance", ""), file=file)
+        if meta.get("models"):  # keep the column order the table was saved with
+            out = out.subset(models=[m for m in meta["models"] if m in out.models])
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OutcomeTable":
@@ -192,13 +203,51 @@ class OutcomeTable:
         table = read_parquet(path)
         raw = (table.schema.metadata or {}).get(b"capsat")
         meta = json.loads(raw) if raw else {}
-        df = table.to_pandas()
-        out = cls.from_long(df, name=meta.get("name", path.stem),
-                            cost_unit=meta.get("cost_unit"), model_info=meta.get("model_info"),
-                            provenance=meta.get("provenance", ""), file=str(path))
-        if meta.get("models"):  # keep the column order the table was saved with
-            out = out.subset(models=[m for m in meta["models"] if m in out.models])
-        return out
+        return cls._from_long_with_meta(table.to_pandas(), meta, name=path.stem,
+                                        file=str(path))
+
+    # ------------------------------------------------- Hugging Face datasets
+    def to_dataset(self):
+        """The long table as an Arrow-backed ``datasets.Dataset`` (one row per pair); the
+        table's name, cost unit and model cards travel in ``info.description`` (JSON)."""
+        import datasets
+
+        long = self.to_long()
+        schema = pa.schema([(c, LONG_SCHEMA[c][0]) for c in long.columns])
+        arrow = pa.Table.from_pandas(long, schema=schema, preserve_index=False)
+        return datasets.Dataset(arrow, info=datasets.DatasetInfo(
+            description=json.dumps({"capsat": self._meta()})))
+
+    def save_to_disk(self, folder: str | os.PathLike) -> Path:
+        """``datasets``' memory-mapped folder format, written atomically;
+        ``load_outcomes(folder)`` reads it back."""
+        from .atomic import atomic_folder
+
+        folder = Path(folder)
+        with atomic_folder(folder) as tmp:
+            self.to_dataset().save_to_disk(str(tmp))
+        return folder
+
+    @classmethod
+    def load_from_disk(cls, folder: str | os.PathLike) -> "OutcomeTable":
+        """A folder written by ``save_to_disk`` (or any ``datasets`` folder whose columns are
+        the long schema's), memory-mapped by ``datasets``."""
+        import datasets
+
+        folder = Path(folder)
+        try:
+            dataset = datasets.load_from_disk(str(folder))
+        except (FileNotFoundError, ValueError) as err:
+            raise DataError(f"not a datasets folder ({err})", file=str(folder)) from err
+        if isinstance(dataset, datasets.DatasetDict):
+            raise DataError(f"holds several splits {list(dataset)}: pass one split's folder",
+                            file=str(folder))
+        try:
+            meta = json.loads(dataset.info.description or "{}").get("capsat", {})
+        except json.JSONDecodeError:
+            meta = {}
+        return cls._from_long_with_meta(dataset.to_pandas(), meta, name=folder.name,
+                                        file=str(folder))
 
 
 def read_parquet(path: str | os.PathLike) -> pa.Table:

@@ -8,10 +8,16 @@ import re
 import numpy as np
 import pytest
 
-from data_builders.aptitude import (AptitudeTest, MissingAptitudeScore, exclude_core_items,
-                                    render_representation, represent_models,
-                                    represent_new_model, score_models, select_core_items,
-                                    task_keywords)
+from data_builders.aptitude import (
+    AptitudeTest,
+    MissingAptitudeScore,
+    exclude_core_items,
+    render_representation,
+    represent_models,
+    score_models,
+    select_core_items,
+    task_keywords,
+)
 from data_builders.errors import DataError
 from data_builders.splits import make_split
 
@@ -135,26 +141,3 @@ def test_representations_state_every_task_accuracy(mmlu_small, small_setting):
             assert stated[task] == pytest.approx(round(expected, 1)), (model, task)
     # Models differ, so their descriptions do too.
     assert len(set(representations.values())) == len(representations)
-
-
-def test_new_model_onboarded_from_its_aptitude_results_alone(mmlu_small, small_setting):
-    split, _, test, keywords = small_setting
-    new = split.test_models[0]
-    expected = represent_models(test, mmlu_small, keywords, models=[new])[new]
-    item_scores = {q: float(mmlu_small.scores.at[q, new]) for q in test.item_ids}
-    assert represent_new_model(item_scores, test, keywords) == expected
-    accuracy = score_models(test, mmlu_small, [new]).loc[new].to_dict()
-    assert represent_new_model(accuracy, test, keywords) == expected
-
-    with pytest.raises(DataError) as err:
-        represent_new_model({**item_scores, "math": 0.5}, test, keywords)
-    assert err.value.field == "results"
-    del accuracy["law"]
-    with pytest.raises(DataError, match="law"):
-        represent_new_model(accuracy, test, keywords)
-    only_math = {q: s for q, s in item_scores.items() if q in test.items["math"]}
-    with pytest.raises(DataError, match="no core-item score"):
-        represent_new_model(only_math, test, keywords)
-    with pytest.raises(DataError) as err:
-        represent_new_model({q: 2.0 for q in item_scores}, test, keywords)
-    assert err.value.field == "score"

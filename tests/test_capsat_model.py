@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from capsat.capsat_model.router import CapsatRouter
 from capsat.cli import main as cli_main
 from capsat.evaluation import evaluate
 from capsat.routers import Router
+from capsat.routers.provenance import Provenance
 from data_builders import DataError
 from data_builders.splits import make_split
 from train.config import TrainConfig
@@ -131,28 +133,97 @@ def test_onboarding_adds_a_model_without_retraining(router, data, tmp_path):
         loaded.onboard("other", partial)
 
 
-def test_capsat_in_the_eval_harness_and_explain(router, small_data_path, tmp_path):
+def test_capsat_in_the_eval_harness_and_explain(router, data, small_data_path, tmp_path):
+    # What training records: the train and validation parts (the trainer adds core items).
+    router.fitted_on = Provenance.from_tables(data.train, data.validation, split="query",
+                                              seed=0)
     router.save_pretrained(tmp_path / "r")
     result = evaluate(small_data_path, "query", f"best_single,capsat:{tmp_path / 'r'},capsat")
+    assert "capsat train" in result.skipped["capsat"]
     row = result.routers["capsat:r"]
-    for metric in ("routed_accuracy", "auc", "log_loss", "ece", "gap_closed"):
+    for metric in ("routed_accuracy", "auc", "query_auc", "log_loss", "ece", "gap_closed",
+                   "gap_closed_per_task"):
         assert row[metric] is not None
-    assert "capsat" in result.skipped and "capsat train" in result.skipped["capsat"]
     # A router that saw some of the test queries in training is refused, not scored.
-    test_ids = list(make_split(prepare(TrainConfig(data=small_data_path)).table, "query",
-                               seed=0).test)
-    router.trained_on = {"query_ids": test_ids[:2]}
+    test_ids = list(data.split.test)
+    leaky = dataclasses.replace(router.fitted_on,
+                                query_ids=router.fitted_on.query_ids + test_ids[:2])
+    router.fitted_on, kept = leaky, router.fitted_on
     try:
         router.save_pretrained(tmp_path / "leaky")
+        router.fitted_on = None
+        router.save_pretrained(tmp_path / "unknown")
     finally:
-        router.trained_on = {}
-    leaky = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'leaky'}")
-    assert "trained on 2 of these test queries" in leaky.skipped["capsat:leaky"]
+        router.fitted_on = kept
+    refused = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'leaky'},"
+                                                 f"capsat:{tmp_path / 'unknown'}")
+    assert "fitted on 2 of these test queries" in refused.skipped["capsat:leaky"]
+    assert "--allow-unknown-provenance" in refused.skipped["capsat:unknown"]
+    assert not refused.routers
+    allowed = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'unknown'}",
+                       allow_unknown_provenance=True)
+    assert set(allowed.routers) == {"capsat:unknown"}
+    with pytest.raises(DataError, match="--allow-unknown-provenance"):
+        explain(str(tmp_path / "unknown"), small_data_path, max_queries=20)
+    with pytest.raises(DataError, match="fitted on 2 of the queries to explain"):
+        explain(str(tmp_path / "leaky"), small_data_path, max_queries=0)
     report = explain(str(tmp_path / "r"), small_data_path, max_queries=20, out_dir=tmp_path / "x")
     summary = report["summary"]
     assert summary["queries"] == 20 and set(summary["spearman_difficulty_vs_accuracy_per_task"])
     assert list(report["abilities"].index) == router.models
     assert (tmp_path / "x" / "abilities.csv").exists() and (tmp_path / "x" / "queries.csv").exists()
+
+
+def test_save_pretrained_is_atomic(router, data, tmp_path, monkeypatch):
+    """Item 6: a save that fails half-way (here: writing the heads) leaves the old router
+    complete and loadable, and no half-written folder beside it."""
+    import capsat.capsat_model.router as module
+
+    target = tmp_path / "r"
+    router.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    texts = data.validation.texts[:2]
+    expected = router.predict_proba(texts)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(module, "save_file", broken)
+    with pytest.raises(OSError, match="injected"):
+        router.save_pretrained(target)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+    np.testing.assert_allclose(CapsatRouter.from_pretrained(target).predict_proba(texts),
+                               expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_onboard_cli_writes_where_it_is_told(router, data, tmp_path, capsys):
+    """Items 14 and 15: onboarding a shipped or hub router needs --out (never ./default);
+    user mistakes are one-line errors naming the flag."""
+    router.save_pretrained(tmp_path / "r")
+    aptitude = tmp_path / "aptitude.json"
+    aptitude.write_text(json.dumps(data.candidates[0].aptitude))
+    args = ["onboard", "--name", "newcomer", "--aptitude", str(aptitude)]
+    assert cli_main([*args, "--router", "default"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not (tmp_path / "default").exists()
+    assert cli_main([*args, "--router", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
+    assert "newcomer" in CapsatRouter.from_pretrained(tmp_path / "o").models
+    assert "newcomer" not in CapsatRouter.from_pretrained(tmp_path / "r").models
+    capsys.readouterr()
+    assert cli_main([*args, "--router", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "already a candidate" in err and "--name" in err and "Traceback" not in err
+    assert cli_main([*args, "--router", str(tmp_path / "r"), "--out", str(tmp_path / "p"),
+                     "--price", "{input_price: 1}"]) == 2
+    err = capsys.readouterr().err
+    assert "--price is not valid JSON" in err and len(err.strip().splitlines()) == 1
+    started = time.perf_counter()
+    assert cli_main([*args, "--router", str(tmp_path / "no" / "such"), "--out",
+                     str(tmp_path / "q")]) == 2
+    assert "no such router folder" in capsys.readouterr().err
+    assert time.perf_counter() - started < 2.0  # no hub lookup for a mistyped path
 
 
 def test_bad_inputs(router):

@@ -10,10 +10,20 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from capsat.capsat_model.base_llm import (DEFAULT_BASE_LLM, default_cache_dir, load_base_llm,
-                                          lora_target_modules, yes_no_token_ids)
-from capsat.capsat_model.packing import (PADDING_BLOCK, SOFT_PLACEHOLDER_ID, collate, pack,
-                                         packed_forward)
+from capsat.capsat_model.base_llm import (
+    DEFAULT_BASE_LLM,
+    default_cache_dir,
+    load_base_llm,
+    lora_target_modules,
+    yes_no_token_ids,
+)
+from capsat.capsat_model.packing import (
+    PADDING_BLOCK,
+    SOFT_PLACEHOLDER_ID,
+    collate,
+    pack,
+    packed_forward,
+)
 
 N_SOFT = 3
 SUFFIX = list(b"\nAnswer:")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from capsat.cli import main as cli_main
-from capsat.evaluation import METRICS, evaluate, parse_router_list
+from capsat.evaluation import METRICS, evaluate, format_table, parse_router_list
 from capsat.evaluation import metrics as M
 
 
@@ -125,3 +125,81 @@ def test_cli_eval_missing_file_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.csv"
     assert cli_main(["eval", "--data", str(missing), "--routers", "random"]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_a_registered_metric_appears_in_results_and_tables(mmlu_small, tmp_path):
+    """Item 10: the registry is the list the harness computes."""
+    @M.register_metric("always_first_share", "share of queries routed to the first model",
+                       column="first")
+    def always_first_share(probs, scores, **_):
+        return float((np.argmax(probs, axis=1) == 0).mean())
+
+    try:
+        result = evaluate(mmlu_small, "query", "random,best_single", out_dir=tmp_path,
+                          plots=False)
+        saved = json.loads((tmp_path / "results.json").read_text())
+        for name in ("random", "best_single"):
+            assert saved["routers"][name]["always_first_share"] == pytest.approx(
+                result.routers[name]["always_first_share"])
+        assert "first" in (tmp_path / "results.md").read_text().splitlines()[0]
+    finally:
+        del M.METRICS["always_first_share"]
+    # Every registered metric that applies is in every row.
+    row = result.routers["best_single"]
+    assert {"routed_accuracy", "gap_closed", "gap_closed_per_task", "auc", "query_auc",
+            "log_loss", "ece", "per_task", "routed_cost", "cost_curve_area",
+            "cost_to_reach_best_single"} <= set(row)
+
+
+def test_query_auc_ranks_candidates_within_each_query():
+    scores = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 1, 0]], dtype=float)
+    right = np.array([[0.9, 0.1, 0.2], [0.1, 0.8, 0.7], [0.5, 0.5, 0.5], [0.6, 0.9, 0.2]])
+    assert M.query_auc(right, scores) == pytest.approx(1.0)  # the all-right query is left out
+    assert M.query_auc(1 - right, scores) == pytest.approx(0.0)
+    # A constant per-model prior ranks every query the same way, right or wrong.
+    prior = np.tile([0.5, 0.6, 0.4], (4, 1))
+    assert M.query_auc(prior, scores) == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+
+
+def test_per_task_best_single_is_a_second_reference(mmlu_small):
+    """Item 18: each task sent to its best model on train, beside the best single model."""
+    from data_builders.experiment import prepare_experiment
+
+    result = evaluate(mmlu_small, "query", "best_single,oracle", plots=False)
+    ref = result.reference
+    experiment = prepare_experiment(mmlu_small)
+    train = experiment.train_of_test_models()
+    test = experiment.table.subset(list(experiment.split.test))
+    picks = {t: train.scores[train.queries["task"] == t].mean().idxmax()
+             for t in set(test.tasks)}
+    assert ref["per_task_best_models"] == picks
+    by_hand = np.mean([test.scores.at[q, picks[t]] for q, t in zip(test.query_ids, test.tasks)])
+    assert ref["per_task_best_single"] == pytest.approx(by_hand)
+    assert ref["per_task_best_single"] >= ref["random"]
+    row = result.routers["best_single"]
+    assert row["gap_closed_per_task"] == pytest.approx(
+        M.gap_closed(row["routed_accuracy"], ref["per_task_best_single"], ref["oracle"]))
+    assert "per-task best single" in format_table(result)
+
+
+def test_saved_routers_that_saw_the_test_part_are_refused(mmlu_small, tmp_path):
+    """Item 2: every router records what it was fitted on; eval refuses overlap, and a router
+    without a record unless the user overrides."""
+    from capsat.routers import make_router
+
+    everything = make_router("best_single").fit(mmlu_small, split=None)
+    assert set(everything.fitted_on.query_ids) == set(mmlu_small.query_ids)
+    everything.save(tmp_path / "leaky")
+    meta = json.loads((tmp_path / "leaky" / "router.json").read_text())
+    meta["fitted_on"] = None
+    (tmp_path / "unknown").mkdir()
+    (tmp_path / "unknown" / "router.json").write_text(json.dumps(meta))
+    (tmp_path / "unknown" / "state.safetensors").write_bytes(
+        (tmp_path / "leaky" / "state.safetensors").read_bytes())
+    result = evaluate(mmlu_small, "query", f"best_single:{tmp_path / 'leaky'},"
+                                           f"best_single:{tmp_path / 'unknown'}", plots=False)
+    assert "was fitted on" in result.skipped["best_single:leaky"]
+    assert "--allow-unknown-provenance" in result.skipped["best_single:unknown"]
+    allowed = evaluate(mmlu_small, "query", f"best_single:{tmp_path / 'unknown'}", plots=False,
+                       allow_unknown_provenance=True)
+    assert "best_single:unknown" in allowed.routers

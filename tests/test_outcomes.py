@@ -96,3 +96,19 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_text("not parquet")
     with pytest.raises(DataError, match="Parquet"):
         OutcomeTable.load(bad)
+
+
+def test_outcomes_round_trip_through_a_datasets_folder(tmp_path):
+    """Item 12: outcome tables as Arrow-backed datasets; load_outcomes reads the folder."""
+    from data_builders.sources import load_outcomes
+
+    table = load_outcomes("routerbench")
+    folder = table.save_to_disk(tmp_path / "rb")
+    again = load_outcomes(str(folder))
+    assert again.name == table.name and again.models == table.models
+    assert again.scores.equals(table.scores) and again.costs.equals(table.costs)
+    assert again.responses.equals(table.responses) and again.cost_unit == "usd"
+    assert table.to_dataset().num_rows == int(table.scores.notna().to_numpy().sum())
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="not a datasets folder"):
+        load_outcomes(str(tmp_path / "plain"))

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from capsat.routers import ROUTERS, Queries, Router, make_router
+from capsat.routers import ROUTERS, Queries, Router, get_router_class, make_router
 from capsat.routers.baselines import BestSingleConfig
 from data_builders import DataError
 from data_builders.embeddings import Embedder
@@ -16,9 +16,10 @@ def test_registry_has_every_classic_router():
     expected = {"random", "best_single", "oracle", "knn", "kmeans", "classifier", "multilabel",
                 "irt", "mf"}
     assert expected <= set(ROUTERS)
-    for name, klass in ROUTERS.items():
-        assert klass.name == name
-        assert klass.__doc__, f"{name} has no docstring"
+    for name, entry in ROUTERS.items():
+        klass = get_router_class(name)
+        assert klass.name == name and klass.config_class is entry.config_class
+        assert klass.__doc__ and entry.summary, f"{name} has no docstring or summary"
 
 
 def test_best_single_routes_to_the_best_training_model(mmlu_small):
@@ -63,6 +64,9 @@ def test_save_load_round_trip_and_strict_config(mmlu_small, tmp_path):
     (tmp_path / "r" / "router.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown field"):
         Router.load(tmp_path / "r")
+    with pytest.raises(DataError, match="no such router folder"):
+        Router.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="router.json"):
         Router.load(tmp_path / "empty")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from capsat.routers import Queries, Router, make_router
-from capsat.routers.baselines import BestSingleRouter
-from capsat.routers.classifier import ClassifierRouter
+from capsat.routers.baselines.router import BestSingleRouter
+from capsat.routers.classifier.router import ClassifierRouter
 from capsat.routers.common import masked_log_loss
 from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
@@ -18,7 +18,7 @@ NAMES = ["knn", "kmeans", "classifier", "multilabel"]
 # Small settings so the whole file stays fast; the grids still have several values.
 FAST = {"kmeans": {"n_clusters_grid": [1, 4, 16]},
         "classifier": {"C_grid": [0.1, 1.0, 10.0]},
-        "multilabel": {"hidden": 32, "epochs": 40, "patience": 5}}
+        "multilabel": {"dim": 32, "max_epochs": 40, "patience": 5}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -258,9 +258,10 @@ def test_classifier_treats_graded_scores_from_one_half_as_right(split):
 def test_multilabel_stops_early_on_validation(split, fitted):
     router = fitted["multilabel"]
     state = router.state_json()
-    assert state["selected_on"] == "validation"
-    assert 1 <= state["best_epoch"] <= state["epochs_run"] <= router.config.epochs
-    assert state["epochs_run"] == state["best_epoch"] + router.config.patience \
-        or state["epochs_run"] == router.config.epochs
+    epochs_run = len(state["train_losses"])
+    assert len(state["validation_losses"]) == epochs_run
+    assert 1 <= state["best_epoch"] <= epochs_run <= router.config.max_epochs
+    assert epochs_run == state["best_epoch"] + router.config.patience \
+        or epochs_run == router.config.max_epochs
     unvalidated = fit("multilabel", split, validation=False)
-    assert unvalidated.state_json()["epochs_run"] == router.config.epochs
+    assert len(unvalidated.state_json()["train_losses"]) == router.config.max_epochs

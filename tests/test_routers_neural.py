@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from capsat.routers import Queries, Router, make_router, neural
+from capsat.routers import Queries, Router, make_router
+from capsat.routers.embedding_network import router as neural
 from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
 

@@ -25,8 +25,14 @@ import pytest
 
 from capsat.cli import main as cli_main
 from capsat.routers import make_router
-from capsat.routing import (Policy, RouteConfig, frontier, last_user_turn, run_route,
-                            threshold_choice)
+from capsat.routing import (
+    Policy,
+    RouteConfig,
+    frontier,
+    last_user_turn,
+    run_route,
+    threshold_choice,
+)
 from capsat.routing.job import work_dir_of
 from data_builders.errors import DataError
 
@@ -129,7 +135,8 @@ def test_broken_lines_go_to_the_errors_file(mmlu_small, knn_dir, tmp_path):
     rows = labelled_rows(mmlu_small, 30)
     lines = [json.dumps(r) for r in rows]
     broken = {
-        3: ("invalid_json", lines[2][:57]),  # truncated mid-object
+        3: ("truncated_json", lines[2][:57]),  # cut mid-string: not "invalid control char"
+        26: ("invalid_json", lines[25].replace(",", ",,", 1)),
         5: ("missing_field", json.dumps({k: v for k, v in rows[4].items()
                                          if k != "instruction"})),
         8: ("empty_instruction", json.dumps({**rows[7], "instruction": "   "})),
@@ -150,10 +157,11 @@ def test_broken_lines_go_to_the_errors_file(mmlu_small, knn_dir, tmp_path):
     assert [e["field"] for e in errors if e["line"] == 23] == ["score|gemma-7b"]
     routed = read_jsonl(out)
     assert [r["line"] for r in routed] == [i for i in range(1, 31) if i not in broken]
-    assert summary["rows_in"] == 30 and summary["routed"] == 22 and summary["rejected"] == 8
+    assert "truncated" in [e["message"] for e in errors if e["line"] == 3][0]
+    assert summary["rows_in"] == 30 and summary["routed"] == 21 and summary["rejected"] == 9
     assert summary["counts_add_up"]
-    assert sum(summary["rejected_by_reason"].values()) == 8
-    assert json.loads(Path(str(out) + ".summary.json").read_text())["routed"] == 22
+    assert sum(summary["rejected_by_reason"].values()) == 9
+    assert json.loads(Path(str(out) + ".summary.json").read_text())["routed"] == 21
 
     with pytest.raises(DataError) as err:
         route(knn_dir, log, tmp_path / "strict.jsonl", chunk_size=4, max_chars=5000,
@@ -319,15 +327,89 @@ def test_unknown_candidates_and_missing_prices_are_clear_errors(mmlu_small, knn_
         route(knn_dir, log, tmp_path / "o.jsonl", policy="threshold:0.5")
 
 
-def test_named_router_fitted_on_train_part(mmlu_small, small_data_path, tmp_path):
-    log = write_jsonl(tmp_path / "log.jsonl", labelled_rows(mmlu_small, 12))
+def test_named_router_fits_the_train_part_by_default(mmlu_small, small_data_path, tmp_path,
+                                                     capsys):
+    """Item 1: a named router is fitted on the train part unless --fit-part all, and the
+    summary says which; fitting on every part flags the realised figures as in-sample."""
+    from data_builders.experiment import prepare_experiment
+
+    test_part = mmlu_small.subset(list(prepare_experiment(mmlu_small, seed=0).split.test))
+    log = write_jsonl(tmp_path / "log.jsonl", labelled_rows(test_part))
     summary = route("best_single", log, tmp_path / "o.jsonl", fit_data=small_data_path,
-                    fit_part="train", policy="tradeoff:0.0001")
+                    policy="tradeoff:0.0001")
     fit = summary["router"]["fit"]
-    assert fit["fit_part"] == "train" and fit["test_query_ids_held_out"]
+    assert fit["fit_part"] == "train" and fit["test_part_held_out"]
     assert fit["fit_queries"] < len(mmlu_small)
     assert summary["prices"]["source"].startswith("mean cost per call")
-    assert summary["best_single"]["chosen_by"] == "best accuracy on the fitting data"
+    assert summary["best_single"]["chosen_by"].startswith("best accuracy on the router's "
+                                                          "fitting data")
+    realised = summary["realised"]
+    assert realised["rows_seen_in_fitting"] == 0 and realised["warning"] is None
+    assert cli_main(["route", "--router", "best_single", "--fit-data", small_data_path,
+                     "--input", log, "--output", str(tmp_path / "c.jsonl"),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted here on the train part" in printed and "WARNING" not in printed
+
+    everything = route("best_single", log, tmp_path / "all.jsonl", fit_data=small_data_path,
+                       fit_part="all")
+    assert everything["router"]["fit"]["fit_part"] == "all"
+    assert everything["realised"]["rows_seen_in_fitting"] == len(test_part)
+    assert "IN-SAMPLE" in everything["realised"]["warning"]
+    assert cli_main(["route", "--router", "best_single", "--fit-data", small_data_path,
+                     "--fit-part", "all", "--input", log, "--output",
+                     str(tmp_path / "c2.jsonl"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    realised_line = [line for line in printed.splitlines() if line.startswith("realised")][0]
+    assert "WARNING: IN-SAMPLE" in realised_line and "--fit-part all" in realised_line
+
+
+def test_router_without_provenance_has_its_realised_figures_withheld(mmlu_small, knn_dir,
+                                                                     tmp_path):
+    """Item 2: no record of the fitting data, no realised figures, unless the user says so."""
+    unknown = tmp_path / "unknown"
+    make_router("knn", k=10).fit(mmlu_small).save(unknown)
+    meta = json.loads((unknown / "router.json").read_text())
+    meta["fitted_on"] = None
+    (unknown / "router.json").write_text(json.dumps(meta))
+    log = write_jsonl(tmp_path / "log.jsonl", labelled_rows(mmlu_small, 12))
+    withheld = route(str(unknown), log, tmp_path / "w.jsonl")
+    assert "accuracy" not in withheld["realised"]
+    assert "withheld" in withheld["realised"]["warning"]
+    assert "best_single" not in withheld
+    allowed = route(str(unknown), log, tmp_path / "a.jsonl", allow_unknown_provenance=True)
+    assert allowed["realised"]["accuracy"] is not None
+    assert "no record" in allowed["realised"]["warning"]
+
+
+def test_saved_and_fitted_routers_share_one_reference(mmlu_small, small_data_path, tmp_path):
+    """Item 20: a saved router is compared with the same best single model as the router
+    fitted here on the same data (its record's training accuracies)."""
+    log = write_jsonl(tmp_path / "log.jsonl", labelled_rows(mmlu_small, 12))
+    fitted = route("knn", log, tmp_path / "f.jsonl", fit_data=small_data_path,
+                   save_router=str(tmp_path / "saved"))
+    saved = route(str(tmp_path / "saved"), log, tmp_path / "s.jsonl")
+    assert saved["best_single"]["model"] == fitted["best_single"]["model"]
+    assert saved["best_single"]["chosen_by"] == fitted["best_single"]["chosen_by"]
+    record = json.loads((tmp_path / "saved" / "router.json").read_text())["fitted_on"]
+    assert fitted["best_single"]["model"] == max(record["model_accuracy"],
+                                                 key=record["model_accuracy"].get)
+
+
+def test_a_run_that_fails_on_its_arguments_leaves_nothing(knn_dir, mmlu_small, tmp_path):
+    """Item 21 (and 14): a bad policy is refused before anything is fitted or written; a
+    policy that needs prices the router lacks leaves no parts folder behind."""
+    log = write_jsonl(tmp_path / "log.jsonl", labelled_rows(mmlu_small, 12))
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(DataError, match="needs prices"):
+        route(knn_dir, log, out, policy="budget:50")
+    assert not work_dir_of(RouteConfig(output=str(out))).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="budget needs a number") as err:
+        route("knn", log, out, policy="budget:lots", fit_data="mmlu_pro")
+    assert err.value.field == "policy" and time.perf_counter() - started < 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
 
 
 # ------------------------------------------------------------------ frontier
@@ -376,3 +458,19 @@ def test_two_accelerate_processes_match_one(mmlu_small, knn_dir, tmp_path):
         Path(str(one) + ".errors.jsonl").read_bytes()
     summary = json.loads(Path(str(two) + ".summary.json").read_text())
     assert summary["timing"]["processes"] == 2 and summary["routed"] == 299
+
+
+def test_budget_prices_come_from_a_capsat_registry_s_mean_cost():
+    """Item 16: the default router's registry holds each candidate's mean cost per call on
+    its training data; the budget policy reads it without --prices."""
+    from types import SimpleNamespace
+
+    from capsat.routing.prices import from_router
+
+    router = SimpleNamespace(candidates={
+        "a": SimpleNamespace(price={"mean_cost_per_call": 700.0, "cost_unit": "output_chars"}),
+        "b": SimpleNamespace(price={"mean_cost_per_call": 300.0, "cost_unit": "output_chars"})})
+    prices = from_router(router, ["b", "a"], 256)
+    assert prices.unit == "output_chars" and list(prices.per_call) == [300.0, 700.0]
+    router.candidates["a"].price = {"input_price": 1.0, "output_price": 2.0}
+    assert from_router(router, ["a", "b"], 256) is None  # mixed kinds: none silently guessed

@@ -14,10 +14,10 @@ from scipy.stats import spearmanr
 
 from capsat.cli import main as cli_main
 from capsat.evaluation import evaluate
-from capsat.evaluation.harness import prepare_table
-from capsat.routers import ROUTERS, Queries, Router, make_router
-from capsat.routers.smoothie import quality_scores, triplet_squared_errors
+from capsat.routers import Queries, Router, get_router_class, make_router
+from capsat.routers.smoothie.router import quality_scores, triplet_squared_errors
 from data_builders import DataError
+from data_builders.experiment import restrict
 from data_builders.outcomes import OutcomeTable
 from data_builders.sources import load_outcomes
 
@@ -74,8 +74,9 @@ def test_closed_form_is_the_mean_of_all_triplet_estimates():
 
 # ------------------------------------------------------------ real responses
 def test_registered_label_free_and_scores_are_order_preserving(routerbench_small):
-    assert ROUTERS["smoothie_global"].label_free and ROUTERS["smoothie_local"].label_free
-    assert not ROUTERS["knn"].label_free
+    assert get_router_class("smoothie_global").label_free
+    assert get_router_class("smoothie_local").label_free
+    assert not get_router_class("knn").label_free
     router = make_router("smoothie_local", k=5).fit(routerbench_small)
     errors = router.squared_errors(routerbench_small)
     probs = router.predict_proba(routerbench_small)
@@ -202,10 +203,10 @@ def test_eval_with_task_filter_beside_references(routerbench_small, capsys):
                                    "smoothie_local"}
     assert set(result.routers["smoothie_global"]["per_task"]) <= {"arc-challenge", "winogrande"}
     assert sum(result.split[f"{part}_queries"] for part in ("train", "validation", "test")) == 20
-    table, notes = prepare_table(routerbench_small, tasks=["mbpp"])
+    table, notes = restrict(routerbench_small, tasks=["mbpp"])
     assert set(table.tasks) == {"mbpp"} and len(table) == 10 and "mbpp" in notes[0]
     with pytest.raises(DataError, match="no-such-task") as err:
-        prepare_table(routerbench_small, tasks=["mbpp", "no-such-task"])
+        restrict(routerbench_small, tasks=["mbpp", "no-such-task"])
     assert err.value.field == "task"
     code = cli_main(["eval", "--data", "routerbench", "--routers", "random",
                      "--tasks", "mbpp,no-such-task", "--no-plots"])

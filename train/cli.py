@@ -13,6 +13,7 @@ import sys
 import time
 
 from capsat.capsat_model.config import CapsatConfig
+from data_builders.atomic import write_json
 
 from .config import TrainConfig
 
@@ -56,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    "num_processes": accelerator.num_processes,
                    "model_config": model_config.to_dict(), "train_config": config.__dict__}
         path = os.path.join(config.output_dir, "train_summary.json")
-        with open(path + ".tmp", "w") as fh:
-            json.dump(summary, fh, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, summary, indent=2)
         print(f"best validation AUC {result['best']['auc']:.4f} at step {result['best']['step']}; "
               f"router in {config.output_dir}/best", flush=True)
     accelerator.end_training()

@@ -46,9 +46,10 @@ class TrainConfig:
     checkpoint_every: int = help_field(25, "write a resumable checkpoint every N steps")
     output_dir: str = help_field("runs/capsat", "checkpoints, logs and the final router")
     resume: bool = help_field(False, "continue from the last checkpoint in output_dir")
-    max_minutes: float = help_field(0.0, "stop after this many minutes of training (0: no "
-                                         "limit); the last step is validated and checkpointed, "
-                                         "and the best router so far is kept")
+    max_minutes: float = help_field(0.0, "stop training within this many minutes (0: no "
+                                         "limit): the last step that fits is validated and "
+                                         "checkpointed, and the best router so far is kept")
+    progress: bool = help_field(True, "show progress bars")
 
     def __post_init__(self):
         if self.split not in ("query", "model", "task"):

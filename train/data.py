@@ -1,8 +1,9 @@
 """From outcomes to CapSAT training material, with the data builders only.
 
-The table, split and candidate pool are made exactly as ``capsat eval`` makes them (same
-seed -> same split), so a trained router is evaluated on queries it never saw. The aptitude
-test's core items come from train and are removed from training and validation.
+The table, split and aptitude test come from ``prepare_experiment``, as ``capsat eval`` makes
+them (same seed -> same split), so a trained router is evaluated on queries it never saw. The
+aptitude test's core items are chosen on the train queries of the train models only, and
+removed from training and validation.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pandas as pd
 
 from capsat.capsat_model.router import Candidate
 from data_builders.aptitude import (AptitudeTest, exclude_core_items, represent_models,
-                                    score_models, select_core_items, task_keywords)
-from data_builders.instructions import build_kshot_groups
+                                    score_models, task_keywords)
+from data_builders.experiment import prepare_experiment
+from data_builders.kshot import build_kshot_groups
 from data_builders.outcomes import OutcomeTable
-from data_builders.sources import load_outcomes
-from data_builders.splits import Split, make_split, sample_ids
+from data_builders.splits import Split, sample_ids
 
 from .config import TrainConfig
 
@@ -54,32 +55,23 @@ def prices(table: OutcomeTable, train_ids) -> dict[str, dict]:
 
 
 def prepare(config: TrainConfig) -> TrainingData:
-    table = load_outcomes(config.data)
-    if config.models:
-        table = table.subset(models=table.check_models(config.models))
-    table = table.complete()  # as `capsat eval` does, so the splits agree
-    held = {}
-    if config.held_out:
-        held = {("held_out_models" if config.split == "model" else "held_out_tasks"):
-                list(config.held_out)}
-    split = make_split(table, config.split, test_size=config.test_size,
-                       validation_size=config.validation_size, seed=config.seed, **held)
-    train_all = table.subset(list(split.train))
-    aptitude = select_core_items(train_all, config.k_per_task, config.seed)
-    keywords = task_keywords(train_all, config.keywords)
-    # Every model's aptitude results, held-out ones too: onboarding needs nothing else.
-    accuracy = score_models(aptitude, table.subset(list(split.train)))
-    representations = represent_models(aptitude, table.subset(list(split.train)), keywords)
+    experiment = prepare_experiment(config.data, config.split, models=config.models or None,
+                                    held_out=config.held_out or None, seed=config.seed,
+                                    test_size=config.test_size,
+                                    validation_size=config.validation_size,
+                                    k_per_task=config.k_per_task)
+    table, split, aptitude = experiment.table, experiment.split, experiment.aptitude
+    train_all = table.subset(list(split.train))  # every model: held-out ones are scored on the
+    keywords = task_keywords(train_all, config.keywords)  # core items to be onboarded
+    accuracy = score_models(aptitude, train_all)
+    representations = represent_models(aptitude, train_all, keywords)
     price = prices(table, split.train)
     candidates = [Candidate(m, {t: float(accuracy.loc[m, t]) for t in accuracy.columns},
                             representations[m], price[m]) for m in table.models]
 
-    train = exclude_core_items(table.subset(list(split.train), list(split.train_models)),
-                               aptitude)
+    train = exclude_core_items(experiment.train_of_train_models(), aptitude)
     train = train.subset(sample_ids(train.query_ids, config.max_train_queries, config.seed))
     validation = table.subset(sample_ids(split.validation, config.max_validation_queries,
-                                      config.seed + 1), list(split.train_models))
-    groups = build_kshot_groups(train, representations, config.kshot, config.seed,
-                                exclude=aptitude).to_pandas()
-    groups = groups[["group_id", "model", "query_ids", "positive_index"]]
+                                         config.seed + 1), list(split.train_models))
+    groups = build_kshot_groups(train, config.kshot, config.seed, exclude=aptitude)
     return TrainingData(table, split, train, validation, aptitude, keywords, candidates, groups)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ from tqdm.auto import tqdm
 from capsat.capsat_model.config import CapsatConfig
 from capsat.capsat_model.router import CapsatRouter
 from capsat.evaluation import metrics as M
+from capsat.routers.provenance import Provenance
+from data_builders.atomic import atomic_folder
 
 from .config import TrainConfig
 from .data import TrainingData
@@ -49,16 +50,14 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
 
 
-def _atomic_dir_swap(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by the finished folder ``tmp``; a reader never sees a partial one."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old)
+def validation_card(record: dict) -> str:
+    """The model card's evaluation table: the validation figures of the kept step."""
+    rows = [(key[len("val_"):], value) for key, value in record.items()
+            if key.startswith("val_")]
+    lines = [f"Validation part of the training run (step {record['step']}; chosen there):", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in rows]
+    return "\n".join(lines)
 
 
 class CapsatTrainer:
@@ -72,10 +71,14 @@ class CapsatTrainer:
         candidates = [c for c in data.candidates if c.name in train_models]
         self.router = CapsatRouter.create(model_config, candidates, data.aptitude.tasks,
                                           data.keywords, llm=llm, tokenizer=tokenizer)
-        self.router.trained_on = {
-            "data": config.data, "split": config.split, "seed": config.seed,
-            "query_ids": sorted(set(data.train.query_ids) | set(data.validation.query_ids)
-                                | set(data.aptitude.item_ids))}
+        core_items = data.table.subset(sorted(data.aptitude.item_ids), train_models)
+        self.router.fitted_on = Provenance.from_tables(
+            data.train, data.validation, core_items, split=config.split, seed=config.seed,
+            parts=["train", "validation", "aptitude items"])
+        # The reference accuracies are the whole train part's, not the sample's.
+        self.router.fitted_on.model_accuracy = {
+            m: float(v) for m, v in data.table.subset(list(data.split.train), train_models)
+            .scores.mean().items()}
         self.output_dir = Path(config.output_dir)
         network = self.router.network
         groups = network.trainable_groups()
@@ -91,6 +94,9 @@ class CapsatTrainer:
         self.step = 0
         self.best = {"auc": -math.inf, "step": None}
         self.history: list[dict] = []
+        #: Seconds of the slowest step and of the last validation / checkpoint / save, for
+        #: stopping within ``max_minutes`` (kept in checkpoints, so a resumed run knows them).
+        self.timing: dict[str, float] = {}
 
     # ------------------------------------------------------------------ data
     def _group_order(self) -> np.ndarray:
@@ -147,7 +153,8 @@ class CapsatTrainer:
         validation = self.data.validation
         probs = self.router.predict_proba(validation.texts)
         scores = validation.scores[self.router.models].to_numpy(dtype=float)
-        return {"val_auc": M.auc(probs, scores), "val_log_loss": M.log_loss(probs, scores),
+        return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
+                "val_log_loss": M.log_loss(probs, scores),
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
 
     # ---------------------------------------------------------- checkpoints
@@ -161,20 +168,17 @@ class CapsatTrainer:
         self.accelerator.wait_for_everyone()
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:07d}"
         if self.accelerator.is_main_process:
-            tmp = target.with_name(target.name + ".tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            save_file(self.accelerator.unwrap_model(self.network).trainable_state(),
-                      str(tmp / WEIGHTS_FILE))
-            tensors, groups = self._optimizer_tensors()
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-            state = {"step": self.step, "best": self.best, "history": self.history,
-                     "optimizer": groups, "num_processes": self.accelerator.num_processes,
-                     "train_config": self.config.__dict__}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-            _atomic_dir_swap(tmp, target)
-            done = sorted(p for p in target.parent.glob("step-*") if not p.name.endswith(".tmp"))
+            with atomic_folder(target) as tmp:
+                save_file(self.accelerator.unwrap_model(self.network).trainable_state(),
+                          str(tmp / WEIGHTS_FILE))
+                tensors, groups = self._optimizer_tensors()
+                save_file(tensors, str(tmp / OPTIMIZER_FILE))
+                state = {"step": self.step, "best": self.best, "history": self.history,
+                         "timing": self.timing,
+                         "optimizer": groups, "num_processes": self.accelerator.num_processes,
+                         "train_config": self.config.__dict__}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            done = sorted(target.parent.glob("step-*"))
             for old in done[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
@@ -183,8 +187,7 @@ class CapsatTrainer:
     def latest_checkpoint(self) -> Path | None:
         folder = self.output_dir / CHECKPOINTS
         done = sorted(p for p in folder.glob("step-*")
-                      if p.is_dir() and (p / STATE_FILE).exists() and not p.name.endswith(
-                          (".tmp", ".old")))
+                      if p.is_dir() and (p / STATE_FILE).exists())
         return done[-1] if done else None
 
     def load_checkpoint(self, path: Path) -> None:
@@ -202,15 +205,11 @@ class CapsatTrainer:
         self.optimizer.load_state_dict({"state": per_param,
                                         "param_groups": state["optimizer"]["param_groups"]})
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.timing = dict(state["timing"])
 
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
-            tmp = self.output_dir / (BEST + ".tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            self.router.save_pretrained(tmp)
-            _atomic_dir_swap(tmp, self.output_dir / BEST)
+            self.router.save_pretrained(self.output_dir / BEST)  # atomic: a folder swap
 
     # -------------------------------------------------------------- training
     def _set_stage(self, step: int) -> str:
@@ -219,12 +218,40 @@ class CapsatTrainer:
         return "lora" if stage2 else "heads"
 
     def _out_of_time(self, started: float) -> bool:
-        """Whether ``max_minutes`` has run out; every process gets the same answer."""
+        """Whether one more step would leave too little of ``max_minutes`` to finish: the
+        slowest step so far plus the last validation, checkpoint and save. Every process gets
+        the same answer."""
         if not self.config.max_minutes:
             return False
-        if time.perf_counter() - started > self.config.max_minutes * 60:
+        t = self.timing
+        finish = t.get("validation", 0.0) + t.get("checkpoint", 0.0) + t.get("save_best", 0.0)
+        projected = time.perf_counter() - started + t.get("step_max", 0.0) + finish
+        if projected > self.config.max_minutes * 60:
             self.accelerator.set_trigger()
         return self.accelerator.check_trigger()
+
+    def _timed(self, key: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timing[key] = time.perf_counter() - t0
+        return out
+
+    def _validate_and_keep_best(self, record: dict) -> None:
+        """Validate (main process) and save the router if it is the best so far."""
+        self.network.eval()
+        if self.accelerator.is_main_process:
+            record.update(self._timed("validation", self.validate))
+            if record["val_auc"] > self.best["auc"]:
+                self.best = {"auc": record["val_auc"], "step": self.step}
+                self.router.model_card_table = validation_card(record)
+                self._timed("save_best", self.save_best)
+        self.accelerator.wait_for_everyone()
+
+    def _log(self, record: dict, log_path: Path) -> None:
+        self.history.append(record)
+        if self.accelerator.is_main_process:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
     def train(self, stop_after: int | None = None) -> dict:
         """Run to the end (or ``stop_after`` steps, for tests that simulate a kill)."""
@@ -236,41 +263,43 @@ class CapsatTrainer:
         main = self.accelerator.is_main_process
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.output_dir / "log.jsonl"
-        bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",
-                   disable=not main)
+        self.router.progress = self.config.progress
         started = time.perf_counter()
+        if self.step == 0 and not self.history:
+            # Step 0: the untrained router's validation figures, the baseline training must
+            # move (and the first estimate of what a validation costs).
+            record = {"step": 0, "stage": "initial", "seconds": 0.0}
+            self._validate_and_keep_best(record)
+            self._log(record, log_path)
+        bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",
+                   disable=not main or not self.config.progress)
         while self.step < total:
             if stop_after is not None and self.step >= stop_after:
                 break
             stage = self._set_stage(self.step)
             self.network.train()
+            step_started = time.perf_counter()
             losses = self.losses(self.groups_for(self.step))
             self.accelerator.backward(losses["loss"])
             self.optimizer.step()
             self.optimizer.zero_grad()
             self.step += 1
+            self.timing["step_max"] = max(self.timing.get("step_max", 0.0),
+                                          time.perf_counter() - step_started)
             record = {"step": self.step, "stage": stage,
                       **{k: float(v.detach()) for k, v in losses.items()},
                       "seconds": round(time.perf_counter() - started, 2)}
             last = self.step == total or self._out_of_time(started)
             if self.step % self.config.eval_every == 0 or last:
-                self.network.eval()
-                if main:
-                    record.update(self.validate())
-                    if record["val_auc"] > self.best["auc"]:
-                        self.best = {"auc": record["val_auc"], "step": self.step}
-                        self.save_best()
-                self.accelerator.wait_for_everyone()
-            self.history.append(record)
+                self._validate_and_keep_best(record)
+            self._log(record, log_path)
             if main:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.3f}",
                                 **({"val_auc": f"{record['val_auc']:.3f}"}
                                    if "val_auc" in record else {}))
                 bar.update(1)
             if self.step % self.config.checkpoint_every == 0 or last:
-                self.save_checkpoint()
+                self._timed("checkpoint", self.save_checkpoint)
             if last:
                 break
         bar.close()

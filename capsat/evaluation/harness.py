@@ -4,11 +4,11 @@ Every router is fitted on the train part, may choose hyper-parameters on the val
 carved from train, and is scored once on test. Query embeddings are computed once (through
 the disk cache) and shared by all routers. The reference values (best single model, oracle,
 random) are computed from the labels directly; "best single" is the model with the best
-*training* accuracy, evaluated on test, so no test label picks it.
+*training* accuracy, evaluated on test, so no test label picks it; the "per-task best single"
+sends each task to its best model on train. Metrics are the registry's (``metrics.METRICS``).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,16 +17,15 @@ from typing import Sequence
 
 import numpy as np
 
+from data_builders.atomic import write_json, write_text
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
-from data_builders.errors import DataError
+from data_builders.experiment import Experiment, prepare_experiment
 from data_builders.outcomes import OutcomeTable
-from data_builders.sources import load_outcomes
-from data_builders.splits import Split, make_split
 
-from ..routers import ROUTERS, Queries, Router, get_router_class
+from ..routers import ROUTERS, Queries, get_router_class
+from ..routers.provenance import refusal
+from ..routers.registry import unknown_router
 from . import metrics as M
-
-PAIR_METRICS = ("routed_accuracy", "auc", "log_loss", "ece", "routed_cost")
 
 
 @dataclass
@@ -40,7 +39,7 @@ class RouterSpec:
     def parse(cls, text: str) -> "RouterSpec":
         name, _, path = text.strip().partition(":")
         if name not in ROUTERS:
-            raise KeyError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}")
+            raise unknown_router(name)
         return cls(name, path or None)
 
     @property
@@ -51,8 +50,8 @@ class RouterSpec:
 def parse_router_list(text: str | Sequence[str]) -> list[RouterSpec]:
     items = text.split(",") if isinstance(text, str) else list(text)
     items = [i.strip() for i in items if i.strip()]
-    if items == ["all"]:
-        items = sorted(ROUTERS)
+    if items == ["all"]:  # every router `capsat eval` fits itself
+        items = sorted(name for name, entry in ROUTERS.items() if not entry.trained_with)
     if not items:
         raise ValueError("no routers given")
     return [RouterSpec.parse(i) for i in items]
@@ -81,99 +80,104 @@ def _embed_parts(parts: dict[str, OutcomeTable], encoder: str) -> dict[str, np.n
             for name, t in parts.items()}
 
 
-def prepare_table(data: str | OutcomeTable, *, models: Sequence[str] | None = None,
-                  tasks: Sequence[str] | None = None) -> tuple[OutcomeTable, list[str]]:
-    """The table ``evaluate`` splits: restricted to ``models`` and ``tasks`` (None = all), then
-    to the queries every remaining model has a score for. Returns (table, notes)."""
-    table = data if isinstance(data, OutcomeTable) else load_outcomes(data)
-    if models:
-        table = table.subset(models=table.check_models(models))
-    if tasks:
-        known = set(table.tasks)
-        unknown = [t for t in tasks if t not in known]
-        if unknown:
-            raise DataError(f"unknown task(s) {unknown}; {table.name!r} has "
-                            f"{sorted(known)}", field="task")
-        table = table.subset(table.queries.index[table.queries["task"].isin(list(tasks))])
-    complete = table.complete()
-    notes = [f"restricted to task(s) {list(tasks)}"] if tasks else []
-    if len(complete) < len(table):
-        notes.append(f"dropped {len(table) - len(complete)} of {len(table)} queries that lack a "
-                     f"score for some candidate model")
-    if len(complete) == 0:
-        raise DataError("no query has a score for every candidate model", field="score")
-    return complete, notes
+def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, list[str]]:
+    """Best single model and per-task best single model, both chosen on the train labels of
+    the test models and scored on test; the oracle and random. Returns (reference, notes)."""
+    models = list(experiment.split.test_models)
+    train = experiment.train_of_test_models()
+    scores = test.scores[models].to_numpy(dtype=float)
+    best = str(train.scores.mean().idxmax())
+    per_task_model, notes = {}, []
+    train_tasks = train.queries["task"]
+    for task in sorted(set(test.tasks)):
+        rows = train_tasks.index[train_tasks == task]
+        if len(rows):
+            per_task_model[task] = str(train.scores.loc[rows].mean().idxmax())
+        else:  # a task split: the held-out task has no train queries
+            per_task_model[task] = best
+            notes.append(f"task {task!r} has no train queries: its per-task best single is the "
+                         f"best single model")
+    picked = [test.scores.at[q, per_task_model[t]] for q, t in zip(test.query_ids, test.tasks)]
+    reference = {"best_single": float(test.scores[best].mean()), "best_single_model": best,
+                 "per_task_best_single": float(np.mean(picked)),
+                 "per_task_best_models": per_task_model,
+                 "oracle": float(scores.max(axis=1).mean()), "random": float(scores.mean())}
+    return reference, notes
 
 
 def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequence[str] = "all",
              *, models: Sequence[str] | None = None, seed: int = 0, test_size: float = 0.2,
              validation_size: float = 0.1, held_out: Sequence[str] | None = None,
              out_dir: str | os.PathLike | None = None, plots: bool = True,
-             encoder: str = DEFAULT_ENCODER, tasks: Sequence[str] | None = None) -> EvalResult:
-    """``tasks``: evaluate on those tasks only (None = every task of the data)."""
-    specs = parse_router_list(routers)
-    table, notes = prepare_table(data, models=models, tasks=tasks)
+             encoder: str = DEFAULT_ENCODER, tasks: Sequence[str] | None = None,
+             router_args: dict[str, dict] | None = None, load_options: dict | None = None,
+             allow_unknown_provenance: bool = False) -> EvalResult:
+    """Fit every router on train (or load a saved one), score it once on test.
 
-    held = {}
-    if held_out:
-        held = {"held_out_models" if split == "model" else "held_out_tasks": list(held_out)}
-    the_split: Split = make_split(table, split, test_size=test_size,
-                                  validation_size=validation_size, seed=seed, **held)
-    train, validation, test = the_split.tables(table)
+    ``tasks``: evaluate on those tasks only (None = every task of the data). ``router_args``:
+    per router name, config overrides. ``load_options``: the generic importer's options for a
+    user's file. A saved router is refused when it saw any test query, or when it carries no
+    record of what it was fitted on (unless ``allow_unknown_provenance``).
+    """
+    specs = parse_router_list(routers)
+    router_args = dict(router_args or {})
+    stray = sorted(set(router_args) - {s.name for s in specs})
+    if stray:
+        raise KeyError(f"router options for {stray}, which this run does not evaluate")
+    experiment = prepare_experiment(data, split, models=models, tasks=tasks, held_out=held_out,
+                                    seed=seed, test_size=test_size,
+                                    validation_size=validation_size, load_options=load_options)
+    table, the_split = experiment.table, experiment.split
+    train, validation, test = experiment.parts()
     test_models = list(the_split.test_models)
+    reference, notes = reference_values(experiment, test)
+    result = EvalResult(table.name, {"kind": split, "seed": seed, **the_split.sizes()},
+                        test_models, table.cost_unit, reference,
+                        notes=experiment.notes + notes)
 
     scores = test.scores[test_models].to_numpy(dtype=float)
     costs = None if test.costs is None else test.costs[test_models].to_numpy(dtype=float)
-    # Reference values. Best single: chosen on train labels (of the test models), scored on test.
-    # Train labels / costs of the test models: pick the best single model and the expected
-    # per-model costs without looking at test.
-    train_of_test_models = table.subset(list(the_split.train), test_models)
-    train_means = train_of_test_models.scores.mean()
-    best_model = str(train_means.idxmax())
-    best_single = float(test.scores[best_model].mean())
-    oracle = float(scores.max(axis=1).mean())
-    reference = {"best_single": best_single, "best_single_model": best_model,
-                 "oracle": oracle, "random": float(scores.mean())}
-    result = EvalResult(table.name, {"kind": split, "seed": seed, **the_split.sizes()},
-                        test_models, table.cost_unit, reference, notes=notes)
-
     expected_costs = None
-    if costs is not None:
-        expected_costs = train_of_test_models.costs.mean()
-        expected_costs = expected_costs.to_numpy(dtype=float)
-        for j, m in enumerate(test_models):
-            result.single_models[m] = {"accuracy": float(scores[:, j].mean()),
-                                       "cost": float(costs[:, j].mean())}
-    else:
-        for j, m in enumerate(test_models):
-            result.single_models[m] = {"accuracy": float(scores[:, j].mean())}
+    if costs is not None:  # per-model costs known before the call: train means
+        expected_costs = experiment.train_of_test_models().costs.mean().to_numpy(dtype=float)
+    for j, m in enumerate(test_models):
+        result.single_models[m] = {"accuracy": float(scores[:, j].mean())}
+        if costs is not None:
+            result.single_models[m]["cost"] = float(costs[:, j].mean())
 
     embeddings = None
     if any(get_router_class(s.name).uses_embeddings for s in specs):
         embeddings = _embed_parts({"train": train, "validation": validation, "test": test},
                                   encoder)
     test_queries = Queries.from_table(test, None if embeddings is None else embeddings["test"])
+    inputs = {"costs": costs, "expected_costs": expected_costs, "tasks": test.tasks,
+              "reference": reference}
 
     for spec in specs:
         klass = get_router_class(spec.name)
         if klass.needs_responses and test.responses is None:
             result.skipped[spec.label] = "needs the candidates' responses; this data has none"
             continue
+        options = router_args.get(spec.name, {})
         t0 = time.perf_counter()
         try:
             if spec.path:
+                if options:
+                    raise KeyError(f"{spec.label} is loaded, not fitted: its options cannot be "
+                                   f"set here")
                 router = klass.load(spec.path)
+                why = refusal(router, test.query_ids, test.texts,
+                              allow_unknown=allow_unknown_provenance,
+                              what="these test queries")
+                if why:
+                    result.skipped[spec.label] = why
+                    continue
             elif klass.cheats:
-                router = klass().fit(test)
+                router = klass(**options).fit(test)
             else:
-                router = klass().fit(train, validation, embeddings)
+                router = klass(**options).fit(train, validation, embeddings, split=split,
+                                              seed=seed)
             fit_seconds = time.perf_counter() - t0
-            seen = getattr(router, "seen_query_ids", set()) & set(test.query_ids)
-            if seen:
-                result.skipped[spec.label] = (f"was trained on {len(seen)} of these test queries "
-                                              f"(e.g. {sorted(seen)[:3]}): evaluate it on the "
-                                              f"split it was trained for")
-                continue
             unseen = [m for m in test_models if m not in router.models]
             if unseen:
                 result.skipped[spec.label] = (f"cannot score models it was not fitted on: "
@@ -185,24 +189,18 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
         except NotImplementedError as err:
             result.skipped[spec.label] = str(err)
             continue
-        row = {name: M.METRICS[name].fn(probs, scores, costs=costs) for name in PAIR_METRICS}
-        row["gap_closed"] = M.gap_closed(row["routed_accuracy"], best_single, oracle)
-        row["per_task"] = M.per_task_accuracy(probs, scores, test.tasks)
+        row = M.compute_metrics(probs, scores, **inputs)
         row["fit_seconds"] = round(fit_seconds, 3)
         row["predict_seconds"] = round(predict_seconds, 3)
         row["queries_per_second"] = round(len(test) / max(predict_seconds, 1e-9), 1)
+        row["options"] = options
         state = router.state_json()
         row["chosen_hyperparameters"] = {k: v for k, v in state.items()
                                          if isinstance(v, (int, float, str, bool))}
         if costs is not None:
-            curve = M.cost_curve(probs, scores, costs, expected_costs)
-            single_costs = costs.mean(axis=0)
-            row["cost_curve_area"] = M.cost_curve_area(curve, single_costs.min(),
-                                                       single_costs.max())
-            row["cost_to_reach_best_single"] = M.cost_to_reach(curve, best_single)
-            result.curves[spec.label] = curve.tolist()
-        result.routers[spec.label] = {k: (None if isinstance(v, float) and np.isnan(v) else v)
-                                      for k, v in row.items()}
+            result.curves[spec.label] = M.cost_curve(probs, scores, costs,
+                                                     expected_costs).tolist()
+        result.routers[spec.label] = row
 
     if out_dir is not None:
         write_outputs(result, Path(out_dir), plots=plots)
@@ -210,26 +208,27 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
 
 
 # ----------------------------------------------------------------- output
-TABLE_COLUMNS = [("routed_accuracy", "acc"), ("gap_closed", "gap"), ("auc", "AUC"),
-                 ("log_loss", "logloss"), ("ece", "ECE")]
+def table_columns(result: EvalResult) -> list[tuple[str, str]]:
+    """(metric, header) of every registered metric with a column that some router has."""
+    return [(name, metric.column) for name, metric in M.METRICS.items()
+            if metric.column and any(name in row for row in result.routers.values())]
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
 
 
 def format_table(result: EvalResult, markdown: bool = False) -> str:
-    cols = list(TABLE_COLUMNS)
-    if result.cost_unit:
-        cols += [("routed_cost", "cost"), ("cost_to_reach_best_single", "cost@best")]
+    cols = table_columns(result)
     header = ["router"] + [short for _, short in cols]
-    rows = []
-    for name, row in result.routers.items():
-        cells = [name]
-        for key, _ in cols:
-            v = row.get(key)
-            cells.append("-" if v is None else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"))
-        rows.append(cells)
+    rows = [[name] + [_cell(row.get(key)) for key, _ in cols]
+            for name, row in result.routers.items()]
     ref = result.reference
-    foot = (f"best single = {ref['best_single']:.4f} ({ref['best_single_model']}), "
-            f"oracle = {ref['oracle']:.4f}, random = {ref['random']:.4f}; "
-            f"split {result.split}")
+    foot = (f"best single = {ref['best_single']:.4f} ({ref['best_single_model']}), per-task "
+            f"best single = {ref['per_task_best_single']:.4f}, oracle = {ref['oracle']:.4f}, "
+            f"random = {ref['random']:.4f}; split {result.split}")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -248,10 +247,8 @@ def format_table(result: EvalResult, markdown: bool = False) -> str:
 
 def write_outputs(result: EvalResult, out_dir: Path, plots: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(result.to_json(), indent=2))
-    os.replace(tmp, out_dir / "results.json")
-    (out_dir / "results.md").write_text(format_table(result, markdown=True))
+    write_json(out_dir / "results.json", result.to_json(), indent=2)
+    write_text(out_dir / "results.md", format_table(result, markdown=True))
     if plots:
         from .plots import plot_cost_curves, plot_per_task
 

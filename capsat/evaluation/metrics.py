@@ -1,8 +1,16 @@
-"""Routing metrics, registered by name (lm-evaluation-harness style).
+"""Routing metrics, registered by name (lm-evaluation-harness style). The registry *is* the list
+``capsat eval`` computes: a metric registered here appears in ``results.json`` and, when it
+has a ``column``, in every table.
 
-Inputs are aligned query x model matrices: ``probs`` (the router's P(correct)), ``scores``
-(true scores in [0, 1]), and optionally ``costs`` (the true cost of each call). Graded scores
-count as correct at >= 0.5 for AUC; log-loss and ECE use the graded score as a soft target.
+Every metric is called with keyword arguments: ``probs`` (the router's P(correct)) and
+``scores`` (true scores in [0, 1]), aligned query x model matrices, and, where the data has
+them, ``costs`` (the true cost of each call), ``expected_costs`` (per-model costs known before
+the call: training means), ``tasks`` (one per query) and ``reference`` (the reference values
+of the run: best single model, per-task best single model, oracle). A metric names what it
+``needs``; it is left out (None) where the run does not have it.
+
+Graded scores count as correct at >= 0.5 for the AUCs; log-loss and ECE use the graded score
+as a soft target.
 """
 from __future__ import annotations
 
@@ -10,29 +18,56 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 EPS = 1e-6
+CORRECT_AT = 0.5
+INPUTS = ("costs", "expected_costs", "tasks", "reference")
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[..., float]
+    fn: Callable[..., object]
     help: str
     higher_is_better: bool = True
+    needs: tuple[str, ...] = ()
+    column: str | None = None  # short table header; None: in results.json only
+
+    def applies(self, available: dict) -> bool:
+        return all(available.get(need) is not None for need in self.needs)
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, help: str, higher_is_better: bool = True):
+def register_metric(name: str, help: str, higher_is_better: bool = True, *,
+                    needs: tuple[str, ...] = (), column: str | None = None):
+    unknown = set(needs) - set(INPUTS)
+    if unknown:
+        raise ValueError(f"metric {name!r} needs unknown input(s) {sorted(unknown)}; known: "
+                         f"{INPUTS}")
+
     def wrap(fn):
         if name in METRICS:
             raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = Metric(name, fn, help, higher_is_better)
+        METRICS[name] = Metric(name, fn, help, higher_is_better, tuple(needs), column)
         return fn
     return wrap
+
+
+def compute_metrics(probs: np.ndarray, scores: np.ndarray, **inputs) -> dict:
+    """Every registered metric that applies, by name (in registration order)."""
+    unknown = set(inputs) - set(INPUTS)
+    if unknown:
+        raise TypeError(f"unknown metric input(s) {sorted(unknown)}")
+    out = {}
+    for name, metric in METRICS.items():
+        if metric.applies(inputs):
+            value = metric.fn(probs, scores, **inputs)
+            if isinstance(value, float) and np.isnan(value):
+                value = None
+            out[name] = value
+    return out
 
 
 def chosen(probs: np.ndarray) -> np.ndarray:
@@ -44,21 +79,67 @@ def _picked(matrix: np.ndarray, choice: np.ndarray) -> np.ndarray:
     return matrix[np.arange(len(choice)), choice]
 
 
-@register_metric("routed_accuracy", "mean score of the model the router picks (argmax P)")
+def _binary_auc(labels: np.ndarray, values: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, values))
+
+
+@register_metric("routed_accuracy", "mean score of the model the router picks (argmax P)",
+                 column="acc")
 def routed_accuracy(probs, scores, **_):
     return float(_picked(scores, chosen(probs)).mean())
 
 
-@register_metric("auc", "ROC AUC of P(correct) over all (query, model) pairs")
-def auc(probs, scores, **_):
-    labels = (scores.ravel() >= 0.5).astype(int)
-    if labels.min() == labels.max():
+def gap_closed(router_accuracy: float, reference_accuracy: float, oracle: float) -> float:
+    """(router - reference) / (oracle - reference): 0 = no better than the reference, 1 =
+    the oracle."""
+    if oracle - reference_accuracy <= 0:
         return float("nan")
-    return float(roc_auc_score(labels, probs.ravel()))
+    return (router_accuracy - reference_accuracy) / (oracle - reference_accuracy)
+
+
+@register_metric("gap_closed", "(routed accuracy - best single) / (oracle - best single); best "
+                               "single = the best model on train", needs=("reference",),
+                 column="gap")
+def gap_closed_best_single(probs, scores, reference=None, **_):
+    return gap_closed(routed_accuracy(probs, scores), reference["best_single"],
+                      reference["oracle"])
+
+
+@register_metric("gap_closed_per_task", "the same gap against the per-task best single model "
+                                        "(each task sent to its best model on train)",
+                 needs=("reference",), column="gap/task")
+def gap_closed_per_task(probs, scores, reference=None, **_):
+    return gap_closed(routed_accuracy(probs, scores), reference["per_task_best_single"],
+                      reference["oracle"])
+
+
+@register_metric("auc", "ROC AUC of P(correct) over all (query, model) pairs", column="AUC")
+def auc(probs, scores, **_):
+    return _binary_auc((scores.ravel() >= CORRECT_AT).astype(int), probs.ravel())
+
+
+@register_metric("query_auc", "AUC among the candidates of each query (right vs wrong ones), "
+                              "averaged over the queries where some but not all are right: the "
+                              "ranking routing uses", column="qAUC")
+def query_auc(probs, scores, **_):
+    right = scores >= CORRECT_AT
+    mixed = right.any(axis=1) & ~right.all(axis=1)
+    if not mixed.any():
+        return float("nan")
+    p, y = probs[mixed], right[mixed]
+    # Per query: P(a right candidate out-scores a wrong one), ties counting half.
+    above = (p[:, :, None] > p[:, None, :]).astype(float) + 0.5 * (p[:, :, None] == p[:, None, :])
+    pairs = y[:, :, None] & ~y[:, None, :]
+    per_query = (above * pairs).sum(axis=(1, 2)) / pairs.sum(axis=(1, 2))
+    return float(per_query.mean())
 
 
 @register_metric("log_loss", "cross-entropy of P(correct) against the (graded) score, per pair",
-                 higher_is_better=False)
+                 higher_is_better=False, column="logloss")
 def log_loss(probs, scores, **_):
     p = np.clip(probs.ravel(), EPS, 1 - EPS)
     y = scores.ravel()
@@ -66,7 +147,7 @@ def log_loss(probs, scores, **_):
 
 
 @register_metric("ece", "expected calibration error, 10 equal-width bins over (query, model) "
-                        "pairs", higher_is_better=False)
+                        "pairs", higher_is_better=False, column="ECE")
 def ece(probs, scores, bins: int = 10, **_):
     p, y = probs.ravel(), scores.ravel()
     which = np.minimum((p * bins).astype(int), bins - 1)
@@ -78,25 +159,36 @@ def ece(probs, scores, bins: int = 10, **_):
     return float(total / len(p))
 
 
-@register_metric("routed_cost", "mean true cost per query of the picked models (argmax P)",
-                 higher_is_better=False)
-def routed_cost(probs, scores, costs=None, **_):
-    if costs is None:
-        return float("nan")
-    return float(_picked(costs, chosen(probs)).mean())
-
-
-def gap_closed(router_accuracy: float, best_single: float, oracle: float) -> float:
-    """(router - best single) / (oracle - best single): 0 = no better than one model, 1 = oracle."""
-    if oracle - best_single <= 0:
-        return float("nan")
-    return (router_accuracy - best_single) / (oracle - best_single)
-
-
-def per_task_accuracy(probs, scores, tasks) -> dict[str, float]:
+@register_metric("per_task", "routed accuracy per task", needs=("tasks",))
+def per_task_accuracy(probs, scores, tasks=None, **_) -> dict[str, float]:
     picked = _picked(scores, chosen(probs))
     tasks = np.asarray(tasks)
     return {t: float(picked[tasks == t].mean()) for t in sorted(set(tasks.tolist()))}
+
+
+@register_metric("routed_cost", "mean true cost per query of the picked models (argmax P)",
+                 higher_is_better=False, needs=("costs",), column="cost")
+def routed_cost(probs, scores, costs=None, **_):
+    return float(_picked(costs, chosen(probs)).mean())
+
+
+@register_metric("cost_curve_area", "mean accuracy of the accuracy-cost curve over the range "
+                                    "from the cheapest to the dearest single model",
+                 needs=("costs", "expected_costs"), column="curve")
+def cost_curve_area_metric(probs, scores, costs=None, expected_costs=None, **_):
+    single = costs.mean(axis=0)
+    return cost_curve_area(cost_curve(probs, scores, costs, expected_costs), single.min(),
+                           single.max())
+
+
+@register_metric("cost_to_reach_best_single", "lowest mean cost per query at which the "
+                                              "accuracy-cost curve reaches the best single "
+                                              "model's accuracy", higher_is_better=False,
+                 needs=("costs", "expected_costs", "reference"), column="cost@best")
+def cost_to_reach_best_single(probs, scores, costs=None, expected_costs=None, reference=None,
+                              **_):
+    return cost_to_reach(cost_curve(probs, scores, costs, expected_costs),
+                         reference["best_single"])
 
 
 # ---------------------------------------------------------------- cost curves

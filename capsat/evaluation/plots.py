@@ -9,15 +9,18 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from data_builders.atomic import atomic_path  # noqa: E402
+
 COST_LABELS = {"usd": "mean cost per query (USD)",
                "output_chars": "mean output length per query (characters)"}
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
 
 
 def plot_per_task(result, path: Path) -> None:

@@ -18,9 +18,12 @@ from typing import ClassVar, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from data_builders.atomic import atomic_folder
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.errors import DataError
 from data_builders.outcomes import OutcomeTable
+
+from .provenance import Provenance
 
 ROUTER_FILE = "router.json"
 STATE_FILE = "state.safetensors"
@@ -40,15 +43,44 @@ class RouterConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+            raise DataError(f"{cls.__name__}: unknown field(s) {unknown}; known: "
+                            f"{sorted(names)}", field=unknown[0])
         missing = sorted(names - set(values))
         if strict and missing:
-            raise ValueError(f"{cls.__name__}: missing field(s) {missing}")
+            raise DataError(f"{cls.__name__}: missing field(s) {missing}", field=missing[0])
         return cls(**values)
+
+    @classmethod
+    def parse_option(cls, name: str, text: str):
+        """The value of field ``name`` from command-line text (JSON, or a bare string for text
+        fields), checked against the field's type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in fields:
+            raise DataError(f"no option {name!r}; options: {sorted(fields)}", field=name)
+        kind = str(fields[name].type).replace(" ", "")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if kind.startswith("str") and not isinstance(value, str):
+            value = text
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "bool": lambda v: isinstance(v, bool),
+              "list": lambda v: isinstance(v, list)}
+        check = ok.get(kind.split("|")[0])
+        if check is not None and not check(value):
+            raise DataError(f"{name} takes a {kind} (JSON), got {text!r}", field=name)
+        return float(value) if kind == "float" else value
 
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field's default value (list fields included, which use a factory)."""
+        return dataclasses.asdict(cls())
 
 
 def help_field(default, help: str, **kwargs):
@@ -165,6 +197,8 @@ class Router(ABC):
                             f"got {type(config).__name__}")
         self.config = config
         self.models: list[str] = []
+        #: What the router was fitted on (``provenance.Provenance``); None = unknown.
+        self.fitted_on: Provenance | None = None
         self._embedder: Embedder | None = None
         #: Show progress bars for long work (embedding, scoring); a batch job may turn them off.
         self.progress = True
@@ -174,10 +208,13 @@ class Router(ABC):
 
     # ------------------------------------------------------------ training
     def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None,
-            embeddings: dict[str, np.ndarray] | None = None) -> "Router":
+            embeddings: dict[str, np.ndarray] | None = None, *, split: str | None = None,
+            seed: int | None = None) -> "Router":
         """Fit on ``train``; choose hyper-parameters / stop early on ``validation`` only.
 
         ``embeddings`` optionally maps "train"/"validation" to precomputed query embeddings.
+        ``split`` / ``seed`` name the split the tables come from, for the router's record of
+        what it was fitted on (``fitted_on``, saved with it).
         """
         if validation is not None and validation.models != train.models:
             raise ValueError("train and validation must have the same models")
@@ -191,6 +228,7 @@ class Router(ABC):
             if val_q is not None:
                 val_q.embeddings = self.embed(val_q)
         self._fit(train, train_q, validation, val_q)
+        self.fitted_on = Provenance.from_tables(train, validation, split=split, seed=seed)
         return self
 
     @abstractmethod
@@ -274,28 +312,28 @@ class Router(ABC):
         pass
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write the router folder atomically: the old one stays loadable until it is done."""
         if not self.models:
             raise RuntimeError(f"cannot save an unfitted {self.name} router")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
-        if arrays:
-            tmp = directory / (STATE_FILE + ".tmp")
-            save_file(arrays, str(tmp))
-            os.replace(tmp, directory / STATE_FILE)
         meta = {"router": self.name, "config": self.config.to_dict(), "models": self.models,
-                "state": self.state_json()}
-        tmp = directory / (ROUTER_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory / ROUTER_FILE)
+                "state": self.state_json(),
+                "fitted_on": None if self.fitted_on is None else self.fitted_on.to_json()}
+        with atomic_folder(directory) as tmp:
+            if arrays:
+                save_file(arrays, str(tmp / STATE_FILE))
+            (tmp / ROUTER_FILE).write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Router":
         """Load a router saved by ``save``; on the base class, dispatches on the saved name."""
-        from . import get_router_class
+        from .registry import get_router_class
 
         directory = Path(directory)
+        if not directory.is_dir():
+            raise DataError("no such router folder", file=str(directory))
         path = directory / ROUTER_FILE
         if not path.exists():
             raise DataError(f"not a saved router (no {ROUTER_FILE})", file=str(directory))
@@ -310,11 +348,12 @@ class Router(ABC):
             raise TypeError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
         if meta.get("format") == "huggingface":  # saved with save_pretrained (CapSAT)
             return klass.load(directory)
-        for key in ("config", "models", "state"):
+        for key in ("config", "models", "state", "fitted_on"):
             if key not in meta:
                 raise DataError("missing key", file=str(path), field=key)
         router = klass(klass.config_class.from_dict(meta["config"]))
         router.models = list(meta["models"])
+        router.fitted_on = Provenance.from_json(meta["fitted_on"], file=str(path))
         router.load_state_json(meta["state"])
         state = directory / STATE_FILE
         router.load_state_arrays(load_file(str(state)) if state.exists() else {})

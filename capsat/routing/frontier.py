@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_builders.atomic import write_text
 from data_builders.errors import DataError
 
 from ..evaluation.metrics import upper_envelope
-from .io import detect_format, write_text_atomic
+from .io import detect_format
 from .job import (RouteConfig, budget_dual_price, chunk_name, evaluate_parts, part_paths,
                   resolve_prices, run_route, work_dir_of)
 from .policies import Policy
@@ -103,7 +104,7 @@ def frontier(config: RouteConfig, sweep: str, out_dir: str | Path, n_points: int
               "prices": prices.to_json(), "points": points, "single_models": singles,
               "best_single": {"model": summary.best_single_model,
                               "chosen_by": summary.best_single_chosen_by}}
-    write_text_atomic(out_dir / "frontier.json", json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "frontier.json", json.dumps(result, indent=2) + "\n")
     if plot:
         plot_frontier(result, out_dir / "frontier.png")
     shutil.rmtree(work)

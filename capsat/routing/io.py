@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_builders.atomic import atomic_path, publish, temporary_name
 from data_builders.errors import DataError
 from data_builders.logs import COST_PREFIX, SCORE_PREFIX  # the label fields of a log
 from data_builders.outcomes import MAX_QUERY_CHARS
@@ -44,7 +44,8 @@ FORMATS = ("jsonl", "csv", "parquet")
 PROB_PREFIX = "p|"
 EXCERPT_CHARS = 200
 #: Why a row was rejected (the errors file's ``reason``).
-REASONS = ("blank_line", "invalid_json", "not_an_object", "bad_csv_row", "missing_field",
+REASONS = ("blank_line", "invalid_json", "truncated_json", "not_an_object", "bad_csv_row",
+           "missing_field",
            "non_text_instruction", "empty_instruction", "too_long", "bad_messages",
            "no_user_turn", "bad_id", "bad_label")
 
@@ -206,10 +207,14 @@ def decode(raw, line: int) -> dict | BadRow:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
     if not text.strip():
         return BadRow(line, "blank_line", None, "blank line", "")
+    text = text.rstrip("\r\n")
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        return BadRow(line, "invalid_json", None, err.msg, text.rstrip("\n"))
+        if err.pos >= len(text.rstrip()) - 1 or err.msg.startswith("Unterminated"):
+            return BadRow(line, "truncated_json", None, f"the line ends inside a JSON value "
+                          f"(truncated? {err.msg} at column {err.colno})", text)
+        return BadRow(line, "invalid_json", None, f"{err.msg} at column {err.colno}", text)
     if not isinstance(record, dict):
         return BadRow(line, "not_an_object", None, f"a JSON {type(record).__name__}, not an "
                                                    f"object", text.rstrip("\n"))
@@ -313,26 +318,9 @@ def parse_row(raw, line: int, spec: RowSpec) -> Row | BadRow:
 
 
 # ----------------------------------------------------------------- atomic writes
-def atomic_path(path: Path) -> Path:
-    """The temporary name a file is written under before ``os.replace`` publishes it."""
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
-    tmp = atomic_path(path)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # ----------------------------------------------------------------- output writers
@@ -350,7 +338,7 @@ class OutputWriter:
                  has_costs: bool):
         self.path, self.fmt, self.models = Path(path), fmt, list(models)
         self.has_ids, self.has_costs = has_ids, has_costs
-        self.tmp = atomic_path(self.path)
+        self.tmp = temporary_name(self.path)
         self._raw = self._text = self._parquet = None
         if fmt == "parquet":
             if is_gzip(path):
@@ -423,10 +411,8 @@ class OutputWriter:
             self._text.detach()
             if self._gzip is not None:
                 self._gzip.close()
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
             self._raw.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         for handle in (self._parquet, self._raw):

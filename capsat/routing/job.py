@@ -26,10 +26,9 @@ import json
 import math
 import os
 import shutil
-import socket
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from data_builders.atomic import atomic_open, write_text
 from data_builders.errors import DataError
 from data_builders.outcomes import MAX_QUERY_CHARS
 
@@ -45,8 +45,7 @@ from ..routers import Queries, Router
 from ..routers.base import help_field
 from . import prices as P
 from .io import (COST_PREFIX, FORMATS, PROB_PREFIX, SCORE_PREFIX, BadRow, OutputWriter, Row,
-                 RowSpec, count_records, detect_format, iter_raw, parse_row, write_parquet_atomic,
-                 write_text_atomic)
+                 RowSpec, count_records, detect_format, iter_raw, parse_row, write_parquet_atomic)
 from .policies import Policy, choose, solve_budget
 from .resolve import Resolved, resolve_router
 from .summary import JobSummary, Totals
@@ -89,8 +88,10 @@ class RouteConfig:
     output_tokens: int = help_field(256, "assumed answer length in tokens, for token prices")
     fit_data: str | None = help_field(None, "data set name or outcome file to fit a named "
                                             "router on")
-    fit_part: str = help_field("all", "all | train: fit on the whole data, or only its train "
-                                      "part (query split by --seed)")
+    fit_part: str = help_field("train", "train | all: fit on the train part of the query "
+                                        "split by --seed (a log from the test part is then out "
+                                        "of sample), or on every part (realised figures on "
+                                        "that part are in-sample and flagged)")
     seed: int = help_field(0, "seed of the query split used for fitting")
     work_dir: str | None = help_field(None, "where the chunk parts go (default OUTPUT.parts)")
     shard: str | None = help_field(None, "i/N: score only chunks k with k % N == i and stop "
@@ -101,6 +102,9 @@ class RouteConfig:
     save_router: str | None = help_field(None, "also save the fitted router to this "
                                                "directory")
     progress: bool = help_field(True, "show a progress bar")
+    allow_unknown_provenance: bool = help_field(
+        False, "report realised figures for a router that has no record of what it was "
+               "fitted on (they may be in-sample)")
 
 
 # ------------------------------------------------------------------ processes
@@ -181,6 +185,7 @@ def _check_config(config: RouteConfig) -> None:
                         field="output_format")
     if Path(config.output).resolve() == Path(config.input).resolve():
         raise DataError("the output would overwrite the input", file=config.output)
+    Policy.parse(config.policy)  # before anything is fitted, embedded or written
 
 
 # ------------------------------------------------------------------ set-up
@@ -201,7 +206,7 @@ def _prepare_work_dir(work: Path, fingerprint: dict, resume: bool, shard: bool) 
         raise DataError("the work directory exists and is not a routing job's; remove it or "
                         "pass --work-dir", file=str(work))
     work.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
+    write_text(manifest, json.dumps(fingerprint, indent=2))
 
 
 def _resolve(config: RouteConfig, work: Path, procs: Processes) -> tuple[Router, dict]:
@@ -215,8 +220,9 @@ def _resolve(config: RouteConfig, work: Path, procs: Processes) -> tuple[Router,
                             "--save-router) so every shard routes with the same router",
                             field="router")
         resolved = resolve_router(config.router)
-        info.update({"kind": resolved.kind, "name": resolved.router.name})
-        write_text_atomic(work / "router_info.json", json.dumps(info))
+        info.update({"kind": resolved.kind, "name": resolved.router.name,
+                     "provenance": provenance_info(resolved.router)})
+        write_text(work / "router_info.json", json.dumps(info))
         return resolved.router, info
     if procs.is_main:
         if (saved / "router.json").exists():  # a resumed job keeps its fitted router
@@ -225,21 +231,19 @@ def _resolve(config: RouteConfig, work: Path, procs: Processes) -> tuple[Router,
         else:
             resolved: Resolved = resolve_router(config.router, fit_data=config.fit_data,
                                                 fit_part=config.fit_part, seed=config.seed,
-                                                candidates=config.candidates)
+                                                candidates=config.candidates,
+                                                progress=config.progress)
             router = resolved.router
-            info["kind"] = resolved.kind
-            info["name"] = router.name
+            info.update({"kind": resolved.kind, "name": router.name,
+                         "provenance": provenance_info(router)})
             if resolved.kind == "fitted":
                 table = resolved.fit_table
-                means = table.scores.mean(axis=0)
                 info["fit"] = resolved.fit_info
-                info["best_on_fit_data"] = str(means.idxmax())
-                info["fit_accuracy"] = {m: float(v) for m, v in means.items()}
                 router.save(saved)
                 table_prices = P.from_table(table, router.models, config.output_tokens)
                 if table_prices is not None:
-                    write_text_atomic(work / PRICES_FILE, json.dumps(table_prices.to_json()))
-            write_text_atomic(work / "router_info.json", json.dumps(info))
+                    write_text(work / PRICES_FILE, json.dumps(table_prices.to_json()))
+            write_text(work / "router_info.json", json.dumps(info))
         if config.save_router and info.get("kind") == "fitted":
             router.save(config.save_router)
     procs.barrier()
@@ -248,6 +252,16 @@ def _resolve(config: RouteConfig, work: Path, procs: Processes) -> tuple[Router,
         router = Router.load(saved) if info.get("kind") == "fitted" else \
             resolve_router(config.router).router
     return router, info
+
+
+def provenance_info(router: Router) -> dict | None:
+    """What the summary says of the router's fitting data (None: it keeps no record)."""
+    record = router.fitted_on
+    if record is None:
+        return None
+    return {"data": record.data, "split": record.split, "seed": record.seed,
+            "parts": record.parts, "queries": len(record.query_ids),
+            "model_accuracy": record.model_accuracy}
 
 
 def _candidates(config: RouteConfig, router: Router) -> list[str]:
@@ -303,6 +317,16 @@ def _chunks(path: str, fmt: str, chunk_size: int, columns: Sequence[str] | None
         yield current, rows
 
 
+def _seen(rows: list[Row], router: Router) -> np.ndarray:
+    """Per row, whether the router was fitted on its text (normalised; a log's ids are its
+    own, so they are not compared with the fitting data's)."""
+    record = router.fitted_on
+    seen = np.zeros(len(rows), dtype=bool)
+    if record is not None and rows:
+        seen[record.overlap(None, [r.text for r in rows])] = True
+    return seen
+
+
 def _score_chunk(rows: list[Row], router: Router, models: Sequence[str]) -> np.ndarray:
     """P per (row, candidate); each distinct text is scored once (logs repeat instructions,
     and every router scores a text independently of its batch)."""
@@ -315,9 +339,9 @@ def _score_chunk(rows: list[Row], router: Router, models: Sequence[str]) -> np.n
 
 
 def _write_chunk(work: Path, index: int, rows: list[Row], bad: list[BadRow], probs: np.ndarray,
-                 models: Sequence[str], has_ids: bool, rows_in: int) -> None:
+                 seen: np.ndarray, models: Sequence[str], has_ids: bool, rows_in: int) -> None:
     name = chunk_name(index)
-    write_text_atomic(work / f"{name}.errors.jsonl",
+    write_text(work / f"{name}.errors.jsonl",
                       "".join(json.dumps(b.to_json(), ensure_ascii=False) + "\n" for b in bad))
     columns = {"line": pa.array([r.line for r in rows], pa.int64())}
     if has_ids:
@@ -325,6 +349,7 @@ def _write_chunk(work: Path, index: int, rows: list[Row], bad: list[BadRow], pro
     columns["chars"] = pa.array([len(r.text) for r in rows], pa.int64())
     columns["had_system"] = pa.array([r.had_system for r in rows], pa.bool_())
     columns["had_earlier_turns"] = pa.array([r.had_earlier_turns for r in rows], pa.bool_())
+    columns["seen"] = pa.array(seen, pa.bool_())
     for j, m in enumerate(models):
         columns[PROB_PREFIX + m] = pa.array(probs[:, j], pa.float64())
     for m in models:
@@ -361,8 +386,8 @@ def score_parts(config: RouteConfig, router: Router, models: Sequence[str], work
                 else:
                     rows.append(parsed)
             probs = _score_chunk(rows, router, models)
-            _write_chunk(work, index, rows, bad, probs, models, config.id_field is not None,
-                         len(raw_rows))
+            _write_chunk(work, index, rows, bad, probs, _seen(rows, router), models,
+                         config.id_field is not None, len(raw_rows))
         bar.update(len(raw_rows))
     bar.close()
     return records
@@ -379,6 +404,7 @@ class Part:
     real_costs: np.ndarray
     flags: dict[str, int]
     rows_in: int
+    seen: np.ndarray | None = None  # rows the router was fitted on
 
 
 def read_part(path: Path, models: Sequence[str], has_ids: bool,
@@ -386,7 +412,7 @@ def read_part(path: Path, models: Sequence[str], has_ids: bool,
     wanted = ["chars"] + [PROB_PREFIX + m for m in models]
     if not probs_only:
         wanted = (["line"] + (["id"] if has_ids else []) + wanted
-                  + ["had_system", "had_earlier_turns"]
+                  + ["had_system", "had_earlier_turns", "seen"]
                   + [SCORE_PREFIX + m for m in models] + [COST_PREFIX + m for m in models])
     table = pq.read_table(path, columns=wanted)
     meta = json.loads(table.schema.metadata[b"capsat_chunk"])
@@ -403,7 +429,7 @@ def read_part(path: Path, models: Sequence[str], has_ids: bool,
                 probs, matrix(SCORE_PREFIX), matrix(COST_PREFIX),
                 {"had_system": int(table["had_system"].to_numpy().sum()),
                  "had_earlier_turns": int(table["had_earlier_turns"].to_numpy().sum())},
-                int(meta["rows_in"]))
+                int(meta["rows_in"]), table["seen"].to_numpy(zero_copy_only=False))
 
 
 def part_paths(work: Path, n_chunks: int) -> list[Path]:
@@ -444,7 +470,8 @@ def evaluate_parts(paths: Sequence[Path], models: Sequence[str], policy: Policy,
         rows_in += part.rows_in
         costs = None if prices is None else prices.matrix(part.chars)
         choice = choose(policy, part.probs, costs, lam)
-        totals.add(choice, part.probs, costs, part.scores, part.real_costs, part.flags)
+        totals.add(choice, part.probs, costs, part.scores, part.real_costs, part.flags,
+                   part.seen)
         if writer is not None:
             chosen_cost = None if costs is None else costs[np.arange(len(choice)), choice]
             writer.write(part.lines, part.ids, choice, part.probs, chosen_cost)
@@ -454,24 +481,27 @@ def evaluate_parts(paths: Sequence[Path], models: Sequence[str], policy: Policy,
 def merge_errors(work: Path, n_chunks: int, target: Path) -> Counter:
     """Concatenate the chunks' error files in order into ``target`` (atomically)."""
     reasons: Counter = Counter()
-    tmp = target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with atomic_open(target) as out:
         for k in range(n_chunks):
             with open(work / f"{chunk_name(k)}.errors.jsonl", encoding="utf-8") as fh:
                 for line in fh:
                     reasons[json.loads(line)["reason"]] += 1
                     out.write(line)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
     return reasons
 
 
-def best_single(info: dict, totals: Totals) -> tuple[str, str]:
-    if info.get("best_on_fit_data") in totals.models:
-        return info["best_on_fit_data"], "best accuracy on the fitting data"
-    means = totals.sum_p_model / max(totals.routed, 1)
-    return totals.models[int(np.argmax(means))], "highest mean P(correct) over the log"
+def best_single(info: dict, models: Sequence[str]) -> tuple[str | None, str]:
+    """The reference of every route summary: the candidate with the best accuracy on the
+    router's fitting data (its record), whatever kind of router it is."""
+    record = info.get("provenance")
+    if record is None:
+        return None, "no reference: the router keeps no record of its fitting data"
+    known = [m for m in models if m in record["model_accuracy"]]
+    if not known:
+        return None, "no reference: the router's record has no accuracy for these candidates"
+    best = max(known, key=lambda m: record["model_accuracy"][m])
+    return best, (f"best accuracy on the router's fitting data ({record['data']}, "
+                  f"{'/'.join(record['parts'])})")
 
 
 def merge(config: RouteConfig, models: Sequence[str], work: Path, n_chunks: int,
@@ -497,12 +527,38 @@ def merge(config: RouteConfig, models: Sequence[str], work: Path, n_chunks: int,
         raise
     writer.close()
     reasons = merge_errors(work, n_chunks, errors_path_of(config.output))
-    best, why = best_single(info, totals)
+    best, why = best_single(info, models)
     summary = JobSummary(config.input, config.output, str(errors_path_of(config.output)),
                          str(policy), rows_in, totals, reasons, best, why,
-                         None if prices is None else prices.to_json(), budget, info)
+                         None if prices is None else prices.to_json(), budget, info,
+                         realised_status=realised_status(info, totals, config))
     summary.timing["merge_seconds"] = round(time.perf_counter() - started, 3)
     return summary
+
+
+def realised_status(info: dict, totals: Totals, config: RouteConfig) -> dict:
+    """Whether the realised figures may be read as out of sample, and why not."""
+    fit = info.get("fit") or {}
+    status = {"fit_part": fit.get("fit_part"), "labelled_rows_seen_in_fitting": totals.seen,
+              "provenance_known": info.get("provenance") is not None, "withheld": False,
+              "warning": None}
+    if info.get("provenance") is None:
+        if config.allow_unknown_provenance:
+            status["warning"] = ("the router keeps no record of its fitting data: these rows "
+                                 "may be in-sample")
+        else:
+            status["withheld"] = True
+            status["warning"] = ("withheld: the router keeps no record of its fitting data, "
+                                 "so these rows may be in-sample (pass "
+                                 "--allow-unknown-provenance to report them)")
+    elif totals.seen:
+        status["warning"] = (f"IN-SAMPLE: the router was fitted on {totals.seen} of these "
+                             f"{totals.labelled} labelled rows"
+                             + (" (--fit-part all)" if fit.get("fit_part") == "all" else ""))
+    elif fit.get("fit_part") == "all":
+        status["warning"] = ("fitted on every part of the data (--fit-part all): realised "
+                             "figures on rows of that data are in-sample")
+    return status
 
 
 # ------------------------------------------------------------------ the job
@@ -518,16 +574,24 @@ def run_route(config: RouteConfig) -> JobSummary | None:
     fingerprint = _fingerprint(config, fmt)
     if config.merge_only:
         return _merge_only(config, work, fingerprint, fmt)
-    if procs.is_main or config.shard is not None:
-        _prepare_work_dir(work, fingerprint, config.resume, config.shard is not None)
-    procs.barrier()
-    router, info = _resolve(config, work, procs)
-    router.progress = config.progress  # the router's own bars (embedding, scoring) too
-    models = _candidates(config, router)
-    # Prices and policy are checked before the long part, not after it.
-    prices = resolve_prices(config, router, models, work) if procs.is_main else None
-    if procs.is_main and Policy.parse(config.policy).needs_costs and prices is None:
-        raise DataError(f"policy {config.policy} needs prices: give --prices", field="prices")
+    fresh = not work.exists()
+    try:
+        if procs.is_main or config.shard is not None:
+            _prepare_work_dir(work, fingerprint, config.resume, config.shard is not None)
+        procs.barrier()
+        router, info = _resolve(config, work, procs)
+        router.progress = config.progress  # the router's own bars (embedding, scoring) too
+        models = _candidates(config, router)
+        # Prices and policy are checked before the long part, not after it.
+        prices = resolve_prices(config, router, models, work) if procs.is_main else None
+        if procs.is_main and Policy.parse(config.policy).needs_costs and prices is None:
+            raise DataError(f"policy {config.policy} needs prices: give --prices FILE or DATA "
+                            f"(this router records none)", field="prices")
+    except BaseException:
+        # A run that fails on its arguments leaves nothing behind.
+        if fresh and procs.is_main and config.shard is None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     t_score = time.perf_counter()
     records = score_parts(config, router, models, work, procs, fmt)
     score_seconds = time.perf_counter() - t_score
@@ -566,11 +630,7 @@ def _merge_only(config: RouteConfig, work: Path, fingerprint: dict, fmt: str) ->
 
 
 def _finish(config: RouteConfig, summary: JobSummary, work: Path) -> None:
-    write_text_atomic(summary_path_of(config.output),
-                      json.dumps(summary.to_json(), indent=2) + "\n")
+    write_text(summary_path_of(config.output), json.dumps(summary.to_json(), indent=2) + "\n")
     if not config.keep_parts:
         shutil.rmtree(work)
 
-
-def config_dict(config: RouteConfig) -> dict:
-    return asdict(config)

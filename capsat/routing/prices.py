@@ -146,13 +146,24 @@ def from_table(table: OutcomeTable, models: Sequence[str], output_tokens: int) -
 
 
 def from_router(router, models: Sequence[str], output_tokens: int) -> Prices | None:
-    """Token prices from a CapSAT router's candidate registry (when every candidate has one)."""
+    """Prices from a CapSAT router's candidate registry, when every candidate has one: token
+    prices (model cards), else the mean cost per call on its training data (in that data's
+    cost unit)."""
     candidates = getattr(router, "candidates", None)
     if not isinstance(candidates, dict):
         return None
     prices = {m: getattr(candidates.get(m), "price", None) or {} for m in models}
-    if not all("input_price" in p and "output_price" in p for p in prices.values()):
-        return None
-    return from_entries({m: {"input_price": p["input_price"], "output_price": p["output_price"]}
-                         for m, p in prices.items()}, models,
-                        source="router registry", unit="usd", output_tokens=output_tokens)
+    if all("input_price" in p and "output_price" in p for p in prices.values()):
+        return from_entries({m: {"input_price": p["input_price"],
+                                 "output_price": p["output_price"]}
+                             for m, p in prices.items()}, models,
+                            source="router registry", unit="usd", output_tokens=output_tokens)
+    if all("mean_cost_per_call" in p for p in prices.values()):
+        units = {p.get("cost_unit", "usd") for p in prices.values()}
+        if len(units) != 1:
+            raise DataError(f"the router's candidates price calls in different units {units}",
+                            field="price")
+        return from_entries({m: p["mean_cost_per_call"] for m, p in prices.items()}, models,
+                            source="router registry (mean cost per call on its training data)",
+                            unit=units.pop(), output_tokens=output_tokens)
+    return None

@@ -32,6 +32,7 @@ class Totals:
     sum_real_cost_model: np.ndarray = None
     with_system: int = 0
     with_earlier_turns: int = 0
+    seen: int = 0  # labelled rows the router was fitted on
 
     def __post_init__(self):
         m = len(self.models)
@@ -41,7 +42,8 @@ class Totals:
             setattr(self, name, np.zeros(m))
 
     def add(self, choice: np.ndarray, probs: np.ndarray, costs: np.ndarray | None,
-            scores: np.ndarray, real_costs: np.ndarray, flags: dict[str, int]) -> None:
+            scores: np.ndarray, real_costs: np.ndarray, flags: dict[str, int],
+            seen: np.ndarray | None = None) -> None:
         rows = np.arange(len(choice))
         self.routed += len(choice)
         self.picks += np.bincount(choice, minlength=len(self.models))
@@ -53,6 +55,8 @@ class Totals:
         picked = scores[rows, choice]
         known = ~np.isnan(picked)
         self.labelled += int(known.sum())
+        if seen is not None:
+            self.seen += int((known & seen).sum())
         self.sum_score_chosen += float(picked[known].sum())
         picked_cost = real_costs[rows, choice]
         known_cost = ~np.isnan(picked_cost)
@@ -114,6 +118,8 @@ class JobSummary:
     prices: dict | None = None
     budget: dict | None = None
     router: dict | None = None
+    #: Whether the realised figures are out of sample (see ``job.realised_status``).
+    realised_status: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -137,12 +143,18 @@ class JobSummary:
             best = dict(singles[self.best_single_model])
             out["best_single"] = {"model": self.best_single_model,
                                   "chosen_by": self.best_single_chosen_by, **best}
-        if t.labelled:
+        status = self.realised_status
+        if t.labelled and status.get("withheld"):
+            out["realised"] = {"labelled_rows": t.labelled, "warning": status["warning"]}
+        elif t.labelled:
             out["realised"] = {"labelled_rows": t.labelled,
                                "accuracy": t.realised_accuracy(),
                                "cost_labelled_rows": t.cost_labelled,
                                "cost_per_row": t.realised_cost(),
-                               "total_cost": t.sum_real_cost_chosen if t.cost_labelled else None}
+                               "total_cost": t.sum_real_cost_chosen if t.cost_labelled else None,
+                               "rows_seen_in_fitting": t.seen,
+                               "fit_part": status.get("fit_part"),
+                               "warning": status.get("warning")}
         out["single_models"] = singles
         if self.budget is not None:
             out["budget"] = self.budget
@@ -165,7 +177,13 @@ class JobSummary:
             lines.append(f"always {b['model']} ({b['chosen_by']}): expected accuracy "
                          f"{_fmt(b['expected_accuracy'])}, expected cost per row "
                          f"{_fmt(b.get('expected_cost'))}")
-        if "realised" in d:
+        else:
+            lines.append(self.best_single_chosen_by)
+        lines.append(describe_fitting(self.router or {}))
+        if "realised" in d and "accuracy" not in d["realised"]:
+            lines.append(f"realised on {d['realised']['labelled_rows']} labelled rows: "
+                         f"{d['realised']['warning']}")
+        elif "realised" in d:
             r = d["realised"]
             line = (f"realised on {r['labelled_rows']} labelled rows: accuracy "
                     f"{_fmt(r['accuracy'])}, cost per row {_fmt(r['cost_per_row'])}")
@@ -174,6 +192,8 @@ class JobSummary:
                 line += (f" (always {single['model']}: accuracy "
                          f"{_fmt(single['realised_accuracy'])}, cost per row "
                          f"{_fmt(single.get('realised_cost'))})")
+            if r["warning"]:
+                line += f"  [WARNING: {r['warning']}]"
             lines.append(line)
         if "budget" in d:
             b = d["budget"]
@@ -182,6 +202,21 @@ class JobSummary:
         shares = ", ".join(f"{m} {s:.1%}" for m, s in d["share_per_model"].items() if s)
         lines.append(f"share: {shares}")
         return "\n".join(lines)
+
+
+def describe_fitting(router: dict) -> str:
+    """One line: what the router was fitted on (here, or as its saved record says)."""
+    fitted, record = router.get("fit"), router.get("provenance")
+    if fitted:
+        return (f"router fitted here on the {fitted['fit_part']} part of {fitted['data']} "
+                f"(query split, seed {fitted['seed']}; {fitted['fit_queries']} queries, "
+                f"hyper-parameters on {fitted['validation_queries']} validation queries)")
+    if record:
+        split = (f"{record['split']} split, seed {record['seed']}, " if record.get("split")
+                 else "")
+        return (f"router fitted on {record['data']} ({split}{'/'.join(record['parts'])} "
+                f"parts: {record['queries']} queries)")
+    return "router: no record of what it was fitted on"
 
 
 def _fmt(value) -> str:

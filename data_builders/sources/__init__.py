@@ -1,8 +1,9 @@
 """Importers: one module per source, each with ``build(raw_dir) -> OutcomeTable``.
 
 ``load_outcomes(name_or_path)`` is what the rest of capsat calls: a registered name loads the
-compact Parquet shipped inside the package (so a fresh machine needs no ``../shared``); a path
-goes through the generic importer.
+compact Parquet shipped inside the package (so a fresh machine needs no ``../shared``); a
+folder written by ``OutcomeTable.save_to_disk`` loads through ``datasets`` (memory-mapped);
+any other path goes through the generic importer.
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def load_outcomes(name_or_path: str | os.PathLike, **generic_options) -> Outcome
     if not path.exists():
         raise DataError(f"no such file, and not a registered data set ({sorted(SOURCES)})",
                         file=key)
+    if path.is_dir():  # a `datasets` folder (OutcomeTable.save_to_disk)
+        if generic_options:
+            raise DataError(f"options {sorted(generic_options)} are for files, not a datasets "
+                            f"folder", file=key)
+        return OutcomeTable.load_from_disk(path)
     from .generic import read_outcomes
 
     return read_outcomes(path, **generic_options)

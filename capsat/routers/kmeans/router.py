@@ -6,12 +6,10 @@ training mean (small clusters say little). K is chosen on the validation table.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .base import EmbeddingConfig, Queries, Router, help_field
-from .common import (
+from ..base import Queries, Router
+from ..common import (
     check_grid,
     has_rows,
     pick_by_log_loss,
@@ -21,22 +19,7 @@ from .common import (
     shrunk_means,
     smoothed_model_means,
 )
-from .registry import register_router
-
-
-@dataclass
-class KMeansConfig(EmbeddingConfig):
-    n_clusters: int = help_field(16, "number of clusters K when no validation table is given")
-    n_clusters_grid: list = help_field([1, 2, 4, 8, 16, 32, 64, 128],
-                                       "values of K tried on the validation table (lowest "
-                                       "log-loss wins); values above the training size are "
-                                       "skipped")
-    prior_weight: float = help_field(
-        5.0, "pseudo-count of the model's training mean added to each cluster's scores (> 0)")
-    n_init: int = help_field(4, "K-means restarts (fixed, so the result does not depend on "
-                                "the scikit-learn version's default)")
-    max_iter: int = help_field(300, "K-means iterations per restart")
-    seed: int = help_field(0, "seed of the K-means initialisation")
+from .config import KMeansConfig
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -46,7 +29,6 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.argmin(distances, axis=1)
 
 
-@register_router
 class KMeansRouter(Router):
     """Per-cluster, per-model mean scores; a query reads the row of its nearest centroid."""
 

@@ -61,16 +61,14 @@ default) through the same on-disk cache as query embeddings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from data_builders.embeddings import DEFAULT_ENCODER, Embedder
+from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
 
-from .base import EmbeddingConfig, Queries, QueriesLike, Router, as_queries, help_field
-from .common import check_grid, query_matrix, require_state, unit_rows
-from .registry import register_router
+from ..base import Queries, QueriesLike, Router, as_queries
+from ..common import check_grid, query_matrix, require_state, unit_rows
+from .config import SmoothieGlobalConfig, SmoothieLocalConfig
 
 MODES = ("transductive", "inductive")
 #: Bounds of the triplet estimate D for unit-norm embeddings (see the module docstring).
@@ -118,26 +116,6 @@ def group_means(values: np.ndarray, groups: list) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- config
-@dataclass
-class SmoothieGlobalConfig(EmbeddingConfig):
-    encoder: str = help_field(DEFAULT_ENCODER, "sentence encoder for the candidates' outputs (and "
-                                               "the queries, for LOCAL): the embedded "
-                                               "all-MiniLM-L6-v2, a local path or a hub id")
-    mode: str = help_field("transductive", "'transductive' (the paper): score queries from their "
-                                           "own candidates' outputs, within the scored batch; "
-                                           "'inductive': estimate on the training queries' "
-                                           "outputs at fit (new queries need no outputs)")
-    batch_size: int = help_field(1024, "queries per block of the distance computations "
-                                       "(bounds memory)")
-
-
-@dataclass
-class SmoothieLocalConfig(SmoothieGlobalConfig):
-    k: int = help_field(20, "nearest instructions (the query itself included) whose estimates "
-                            "are averaged; fixed, as no label may choose it")
-    bandwidth: float = help_field(0.0, "0: equal weights over the k neighbours (box kernel); "
-                                       "> 0: Gaussian kernel exp(-dist^2 / (2 h^2)) on the "
-                                       "cosine distance 1 - cos of the instructions")
 
 
 # ------------------------------------------------------------------ routers
@@ -253,7 +231,6 @@ class _SmoothieRouter(Router):
         return [] if self.config.mode == "transductive" else ["train_errors"]
 
 
-@register_router
 class SmoothieGlobalRouter(_SmoothieRouter):
     """SMOOTHIE-GLOBAL (label-free): one quality score per candidate and task from its outputs.
 
@@ -275,7 +252,6 @@ class SmoothieGlobalRouter(_SmoothieRouter):
             np.zeros((0, len(self.models)))
 
 
-@register_router
 class SmoothieLocalRouter(_SmoothieRouter):
     """SMOOTHIE-LOCAL (label-free): per-query quality scores from the candidates' outputs.
 

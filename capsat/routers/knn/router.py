@@ -7,12 +7,10 @@ training mean so that no probability is exactly 0 or 1 and the log-loss stays fi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .base import EmbeddingConfig, Queries, Router, help_field
-from .common import (
+from ..base import Queries, Router
+from ..common import (
     check_grid,
     has_rows,
     pick_by_log_loss,
@@ -23,26 +21,9 @@ from .common import (
     smoothed_model_means,
     unit_rows,
 )
-from .registry import register_router
-
-# ------------------------------------------------------------------------- router
+from .config import KnnConfig
 
 
-@dataclass
-class KnnConfig(EmbeddingConfig):
-    k: int = help_field(80, "neighbours averaged when no validation table is given (the pick "
-                            "on MMLU-Pro with ~8k training queries)")
-    prior_weight: float = help_field(
-        2.0, "pseudo-count of the model's training mean added to the neighbours' scores (> 0, "
-             "so probabilities are never exactly 0 or 1); used when no validation is given")
-    k_grid: list = help_field([1, 3, 5, 10, 20, 40, 80, 160],
-                              "values of k tried on the validation table (lowest log-loss wins)")
-    prior_weight_grid: list = help_field([0.5, 1.0, 2.0, 4.0, 8.0],
-                                         "prior weights tried on the validation table")
-    batch_size: int = help_field(1024, "queries scored per similarity block (bounds memory)")
-
-
-@register_router
 class KnnRouter(Router):
     """Mean score of the k most similar training queries, shrunk toward the model's mean.
 

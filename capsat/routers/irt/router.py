@@ -18,8 +18,6 @@ Two choices make the parameters readable:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
@@ -27,11 +25,10 @@ from torch import nn
 
 from data_builders.errors import DataError
 
-from .base import STATE_FILE, QueriesLike, as_queries, help_field
-from .common import check_grid
-from .mf import EmbeddingNetworkRouter, NetworkConfig
-from .neural import predict_network
-from .registry import register_router
+from ..base import STATE_FILE, QueriesLike, as_queries
+from ..common import check_grid
+from ..embedding_network.router import EmbeddingNetworkRouter, predict_network
+from .config import IrtConfig
 
 
 class IrtNetwork(nn.Module):
@@ -67,14 +64,6 @@ class IrtNetwork(nn.Module):
         return discrimination @ self.abilities().T - difficulty.unsqueeze(1)
 
 
-@dataclass
-class IrtConfig(NetworkConfig):
-    dim: int = help_field(16, "dimension D of the ability and discrimination vectors")
-    experts: int = help_field(4, "number of experts in the mixture (softmax gate over them)")
-    hidden: int = help_field(64, "hidden width of each expert's MLP")
-
-
-@register_router
 class IrtRouter(EmbeddingNetworkRouter):
     """IRT with query parameters from a mixture of experts and per-model ability vectors."""
 

@@ -10,13 +10,12 @@ with numpy, so loading needs no scikit-learn object.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit, logit
 
-from .base import EmbeddingConfig, Queries, Router, help_field
-from .common import (
+from ..base import Queries, Router
+from ..common import (
     check_grid,
     has_rows,
     masked_log_loss,
@@ -25,22 +24,11 @@ from .common import (
     score_matrix,
     smoothed_model_means,
 )
-from .registry import register_router
+from .config import ClassifierConfig
 
 POSITIVE_SCORE = 0.5
 
 
-@dataclass
-class ClassifierConfig(EmbeddingConfig):
-    C: float = help_field(0.3, "inverse L2 regularisation strength of each logistic regression "
-                               "when no validation table is given (the usual pick on MMLU-Pro)")
-    C_grid: list = help_field([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
-                              "values of C tried on the validation table, per model (lowest "
-                              "validation log-loss wins)")
-    max_iter: int = help_field(1000, "L-BFGS iterations per fit")
-
-
-@register_router
 class ClassifierRouter(Router):
     """Per-model logistic regression on the query embedding: P = sigmoid(x . w_m + b_m)."""
 

@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 
 from data_builders.outcomes import OutcomeTable
 
-from .base import Queries, Router, RouterConfig, help_field
-from .registry import register_router
+from ..base import Queries, Router
+from .config import BestSingleConfig, OracleConfig, RandomConfig
 
 
-@dataclass
-class RandomConfig(RouterConfig):
-    seed: int = help_field(0, "seed of the random scores; the same query always gets the same "
-                              "scores for the same seed")
-
-
-@register_router
 class RandomRouter(Router):
     """Scores are uniform noise, so the routed model is a uniformly random candidate."""
 
@@ -38,12 +30,6 @@ class RandomRouter(Router):
         return np.array(rows)
 
 
-@dataclass
-class BestSingleConfig(RouterConfig):
-    pass
-
-
-@register_router
 class BestSingleRouter(Router):
     """Every query gets each model's mean training score: the constant per-model prior.
 
@@ -70,12 +56,6 @@ class BestSingleRouter(Router):
         self.prior = arrays["prior"]
 
 
-@dataclass
-class OracleConfig(RouterConfig):
-    pass
-
-
-@register_router
 class OracleRouter(Router):
     """Reads the true scores of the very queries it routes: the upper bound, never a router.
 
