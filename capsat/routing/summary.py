@@ -208,9 +208,11 @@ def describe_fitting(router: dict) -> str:
     """One line: what the router was fitted on (here, or as its saved record says)."""
     fitted, record = router.get("fit"), router.get("provenance")
     if fitted:
-        return (f"router fitted here on the {fitted['fit_part']} part of {fitted['data']} "
-                f"(query split, seed {fitted['seed']}; {fitted['fit_queries']} queries, "
-                f"hyper-parameters on {fitted['validation_queries']} validation queries)")
+        part = ("the train part" if fitted["fit_part"] == "train"
+                else "every part (train and test: --fit-part all)")
+        return (f"router fitted here on {part} of {fitted['data']} (query split, seed "
+                f"{fitted['seed']}; {fitted['fit_queries']} queries, hyper-parameters on "
+                f"{fitted['validation_queries']} validation queries)")
     if record:
         split = (f"{record['split']} split, seed {record['seed']}, " if record.get("split")
                  else "")
