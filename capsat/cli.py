@@ -14,6 +14,7 @@ import sys
 from data_builders.errors import DataError
 from data_builders.outcomes import COST_UNITS
 from data_builders.outcomes import MAX_QUERY_CHARS as MAX_CHARS_DEFAULT
+from data_builders.splits import SPLIT_KINDS
 
 UNKNOWN_PROVENANCE_HELP = ("score a saved router that keeps no record of the data it was "
                            "fitted on (it may have seen the test queries)")
@@ -363,7 +364,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ev = command("eval", help="compare routers on one data set and split")
     ev.add_argument("--data", required=True,
                     help="mmlu_pro, llmrouter, routerbench, or a path to your own outcome file")
-    ev.add_argument("--split", default="query", choices=["query", "model", "task"])
+    ev.add_argument("--split", default="query", choices=list(SPLIT_KINDS))
     ev.add_argument("--routers", default="all",
                     help="comma-separated registry names (or NAME:PATH for a saved router); "
                          "'all' for every router capsat eval fits")
@@ -428,7 +429,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                  "query difficulty and discrimination")
     ex.add_argument("--router", required=True)
     ex.add_argument("--data", required=True)
-    ex.add_argument("--split", default="query", choices=["query", "model", "task"])
+    ex.add_argument("--split", default="query", choices=list(SPLIT_KINDS))
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--max-queries", type=int, default=500,
                     help="explain a seeded sample of this many test queries (0 = all)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .sources import SOURCES, build_source, shipped_path
+from .splits import SPLIT_KINDS
 
 
 def cmd_build(args) -> int:
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "items and write what CapSAT training reads (split, "
                                          "aptitude test, representations, k-shot groups)")
     ins.add_argument("--data", required=True, help="a shipped data set name or an outcome file")
-    ins.add_argument("--split", default="query", choices=["query", "model", "task"])
+    ins.add_argument("--split", default="query", choices=list(SPLIT_KINDS))
     ins.add_argument("--seed", type=int, default=0, help="seed of the split, the core-item "
                                                          "tie-break and the k-shot groups")
     ins.add_argument("--test-size", type=float, default=0.2)

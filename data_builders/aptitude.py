@@ -272,3 +272,29 @@ def represent_models(test: AptitudeTest, table: OutcomeTable, keywords: Mapping[
     accuracy = score_models(test, table, models)
     return {m: render_representation(accuracy.loc[m].to_dict(), keywords)
             for m in accuracy.index}
+
+
+def check_item_results(test: AptitudeTest | None, results: Mapping[str, float]
+                       ) -> dict[str, float]:
+    """A new model's aptitude results, checked against the test: item id -> score in [0, 1],
+    every key a core item and every task answered at least once."""
+    if test is None:
+        raise DataError("this router has no aptitude test to onboard from", field="aptitude")
+    if not isinstance(results, Mapping) or not results:
+        raise DataError("aptitude results must map core item ids to scores", field="results")
+    task_of = test.task_of()
+    stray = sorted(set(results) - set(task_of))
+    if stray:
+        raise DataError(f"{len(stray)} result(s) are not on the aptitude test's core items, "
+                        f"e.g. {stray[:3]}", field="results")
+    out = {}
+    for item, value in results.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not 0.0 <= float(value) <= 1.0:
+            raise DataError(f"score of {item!r} must be a number in [0, 1], got {value!r}",
+                            field="score")
+        out[str(item)] = float(value)
+    missing = sorted(set(test.tasks) - {task_of[q] for q in out})
+    if missing:
+        raise DataError(f"no core-item result for task(s) {missing}", field="task")
+    return out

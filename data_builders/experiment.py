@@ -40,6 +40,16 @@ class Experiment:
     def train_of_train_models(self) -> OutcomeTable:
         return self.table.subset(list(self.split.train), list(self.split.train_models))
 
+    def aptitude_results(self, models: Sequence[str] | None = None) -> dict[str, dict]:
+        """model -> {core item id: score}: the models' answers to the aptitude test (what a
+        held-out model is onboarded from; its only labels any part of an experiment reads)."""
+        if self.aptitude is None:
+            raise DataError("this experiment has no aptitude test", field="aptitude")
+        models = list(self.split.test_models if models is None else models)
+        items = sorted(self.aptitude.item_ids)
+        scores = self.table.subset(items, models).scores
+        return {m: {q: float(v) for q, v in scores[m].items() if v == v} for m in models}
+
 
 def restrict(table: OutcomeTable, models: Sequence[str] | None = None,
              tasks: Sequence[str] | None = None) -> tuple[OutcomeTable, list[str]]:
@@ -83,23 +93,31 @@ def prepare_experiment(data: str | os.PathLike | OutcomeTable, split: str = "que
                        models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                        held_out: Sequence[str] | None = None, seed: int = 0,
                        test_size: float = 0.2, validation_size: float = 0.1,
-                       k_per_task: int | None = None,
+                       k_per_task: int | None = None, aptitude_items: int | None = None,
                        load_options: dict | None = None) -> Experiment:
     """Table, split and (with ``k_per_task``) aptitude test of one experiment.
 
-    ``held_out``: the models (``split="model"``) or tasks (``split="task"``) to hold out;
-    default a seeded ``test_size`` share. ``tasks`` restricts the data to those tasks.
+    ``held_out``: the models (``split="model"``), families (``"family"``) or tasks
+    (``"task"``) to hold out; default a seeded ``test_size`` share. ``tasks`` restricts the data to those tasks.
     """
     table, notes = restrict(load_table(data, load_options), models, tasks)
     held = {}
     if held_out:
-        if split not in ("model", "task"):
-            raise DataError(f"held_out is for split 'model' or 'task', not {split!r}",
-                            field="held_out")
-        held = {"held_out_models" if split == "model" else "held_out_tasks": list(held_out)}
+        keys = {"model": "held_out_models", "family": "held_out_families",
+                "task": "held_out_tasks"}
+        if split not in keys:
+            raise DataError(f"held_out is for split 'model', 'family' or 'task', not "
+                            f"{split!r}", field="held_out")
+        held = {keys[split]: list(held_out)}
     the_split = make_split(table, split, test_size=test_size, validation_size=validation_size,
                            seed=seed, **held)
     aptitude = None
+    if aptitude_items is not None:
+        if not isinstance(aptitude_items, int) or aptitude_items < 1:
+            raise DataError(f"aptitude_items must be a positive integer, got {aptitude_items!r}",
+                            field="aptitude_items")
+        n_tasks = table.subset(list(the_split.train)).queries["task"].nunique()
+        k_per_task = -(-aptitude_items // n_tasks)
     if k_per_task is not None:
         train = table.subset(list(the_split.train), list(the_split.train_models))
         aptitude = select_core_items(train, k_per_task, seed)

@@ -29,7 +29,12 @@ LONG_SCHEMA: dict[str, tuple[pa.DataType, bool, str]] = {
     "score": (pa.float64(), True, "1 correct, 0 wrong, or a graded score in [0, 1]"),
     "cost": (pa.float64(), False, "cost of this call, in the table's cost_unit; null if unknown"),
     "response": (pa.string(), False, "the candidate's output text; null if not recorded"),
+    "answer": (pa.string(), False, "the query's reference answer (e.g. the option letter of a "
+                                   "multiple-choice question), for grading aptitude items; "
+                                   "null if unknown"),
 }
+#: Columns that describe the query (one value per query_id), beside its text and task.
+QUERY_COLUMNS = ("query", "task", "answer")
 REQUIRED_COLUMNS = [c for c, (_, req, _) in LONG_SCHEMA.items() if req]
 COST_UNITS = ("usd", "output_chars")
 MAX_QUERY_CHARS = 200_000
@@ -39,7 +44,8 @@ MAX_QUERY_CHARS = 200_000
 class OutcomeTable:
     """Outcomes of a set of models on a set of queries.
 
-    ``queries`` is indexed by query_id with columns ``query`` and ``task``; ``scores``,
+    ``queries`` is indexed by query_id with columns ``query`` and ``task`` (and ``answer``, the
+    reference answer, where the source has one); ``scores``,
     ``costs`` and ``responses`` are query x model frames aligned with it (NaN / None where the
     source has no record).
     """
@@ -133,7 +139,8 @@ class OutcomeTable:
                 col = "cost" if name == "costs" else "response"
                 values = frame.stack(future_stack=True)
                 long[col] = values.loc[list(zip(long["query_id"], long["model"]))].to_numpy()
-        long = long.join(self.queries[["query", "task"]], on="query_id")
+        long = long.join(self.queries[[c for c in QUERY_COLUMNS if c in self.queries]],
+                         on="query_id")
         ordered = [c for c in LONG_SCHEMA if c in long.columns]
         return long[ordered].reset_index(drop=True)
 
@@ -154,7 +161,9 @@ class OutcomeTable:
         if has_cost and cost_unit not in COST_UNITS:
             raise DataError(f"the data has costs, so cost_unit must be one of {COST_UNITS}, "
                             f"got {cost_unit!r}", file=file, field="cost")
-        queries = df.drop_duplicates("query_id").set_index("query_id")[["query", "task"]]
+        described = [c for c in QUERY_COLUMNS if c in df.columns
+                     and (c != "answer" or df[c].notna().any())]
+        queries = df.drop_duplicates("query_id").set_index("query_id")[described]
         pivot = lambda col: (df.pivot(index="query_id", columns="model", values=col)
                              .reindex(index=queries.index, columns=_model_order(df)))
         scores = pivot("score").astype(float)
@@ -301,8 +310,12 @@ def validate_long(df: pd.DataFrame, *, file: str | None, lines: np.ndarray) -> N
         df[col] = numeric.astype(float)
     dup = df.duplicated(["query_id", "model"])
     fail(dup, "query_id", "duplicate (query_id, model) pair")
-    per_query = df.groupby("query_id", sort=False)[["query", "task"]].nunique()
-    for col in ("query", "task"):
+    if "answer" in df.columns:
+        fail(df["answer"].notna() & ~df["answer"].map(lambda v: isinstance(v, str)), "answer",
+             "must be text")
+    described = [c for c in QUERY_COLUMNS if c in df.columns]
+    per_query = df.groupby("query_id", sort=False)[described].nunique()
+    for col in described:
         conflicted = per_query.index[per_query[col] > 1]
         if len(conflicted):
             fail(df["query_id"].isin(conflicted) & df.duplicated("query_id"), col,

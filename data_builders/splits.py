@@ -17,7 +17,42 @@ import pandas as pd
 from .errors import DataError
 from .outcomes import OutcomeTable
 
-SPLIT_KINDS = ("query", "model", "task")
+SPLIT_KINDS = ("query", "model", "family", "task")
+#: Kinds that hold models out (evaluated on the test queries after onboarding).
+MODEL_SPLITS = ("model", "family")
+
+#: Model families, by a case-insensitive pattern on the model's name, in order (first match
+#: wins); a model matching none is in the family "other". Fine-tunes go with their base.
+FAMILY_PATTERNS = (
+    ("llama-2", r"llama-2|code-llama|wizardlm"),
+    ("llama-3", r"llama-?3|nemotron|chatqa"),
+    ("mistral", r"mistral|mixtral|mathstral"),
+    ("qwen", r"qwen"),
+    ("yi", r"(^|[^a-z])yi-"),
+    ("gemini", r"gemini"),
+    ("gemma", r"gemma"),
+    ("gpt", r"gpt-"),
+    ("claude", r"claude"),
+)
+
+
+def model_family(model: str) -> str:
+    """The family of a model name (``FAMILY_PATTERNS``; "other" when none matches)."""
+    import re
+
+    name = model.casefold()
+    for family, pattern in FAMILY_PATTERNS:
+        if re.search(pattern, name):
+            return family
+    return "other"
+
+
+def model_families(models: Sequence[str]) -> dict[str, list[str]]:
+    """family -> its models (in the given order), families in order of first appearance."""
+    out: dict[str, list[str]] = {}
+    for m in models:
+        out.setdefault(model_family(m), []).append(m)
+    return out
 
 # Separate random streams, so that e.g. the query split of kind="model" with seed s is the
 # same as the query split of kind="query" with seed s, whatever the models drawn.
@@ -33,7 +68,8 @@ def normalise_text(text: str) -> str:
 class Split:
     """Which queries and models go where. ``validation`` is carved from train (for
     hyper-parameters and early stopping); ``test_models`` are the models evaluated, the
-    held-out ones for ``kind="model"`` and the same as ``train_models`` otherwise."""
+    held-out ones for ``kind="model"`` or ``"family"`` (``held_out_families``) and the same as
+    ``train_models`` otherwise."""
 
     kind: str
     seed: int
@@ -43,13 +79,14 @@ class Split:
     train_models: tuple[str, ...]
     test_models: tuple[str, ...]
     held_out_tasks: tuple[str, ...] = ()
+    held_out_families: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in SPLIT_KINDS:
             raise DataError(f"unknown split kind {self.kind!r}; known: {list(SPLIT_KINDS)}",
                             field="kind")
         for name in ("train", "validation", "test", "train_models", "test_models",
-                     "held_out_tasks"):
+                     "held_out_tasks", "held_out_families"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise DataError(f"Split.{name} must be a sequence of names, not one string",
@@ -65,14 +102,17 @@ class Split:
         if not self.train_models or not self.test_models:
             raise DataError("a split needs at least one train model and one test model",
                             field="train_models" if not self.train_models else "test_models")
-        if self.kind == "model" and set(self.train_models) & set(self.test_models):
-            raise DataError("a model split must hold its test models out of training",
+        if self.kind in MODEL_SPLITS and set(self.train_models) & set(self.test_models):
+            raise DataError(f"a {self.kind} split must hold its test models out of training",
                             field="test_models")
-        if self.kind != "model" and self.train_models != self.test_models:
+        if self.kind not in MODEL_SPLITS and self.train_models != self.test_models:
             raise DataError(f"a {self.kind} split evaluates the models it trains on",
                             field="test_models")
         if self.held_out_tasks and self.kind != "task":
             raise DataError("held_out_tasks is only for kind='task'", field="held_out_tasks")
+        if self.held_out_families and self.kind != "family":
+            raise DataError("held_out_families is only for kind='family'",
+                            field="held_out_families")
 
     # -------------------------------------------------------------- tables
     def tables(self, table: OutcomeTable) -> tuple[OutcomeTable, OutcomeTable, OutcomeTable]:
@@ -85,14 +125,16 @@ class Split:
     def sizes(self) -> dict:
         return {"train_queries": len(self.train), "validation_queries": len(self.validation),
                 "test_queries": len(self.test), "train_models": len(self.train_models),
-                "test_models": len(self.test_models), "held_out_tasks": len(self.held_out_tasks)}
+                "test_models": len(self.test_models), "held_out_tasks": len(self.held_out_tasks),
+                "held_out_families": len(self.held_out_families)}
 
     # ---------------------------------------------------------------- JSON
     def to_json(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "train": list(self.train),
                 "validation": list(self.validation), "test": list(self.test),
                 "train_models": list(self.train_models), "test_models": list(self.test_models),
-                "held_out_tasks": list(self.held_out_tasks)}
+                "held_out_tasks": list(self.held_out_tasks),
+                "held_out_families": list(self.held_out_families)}
 
     @classmethod
     def from_json(cls, d: dict, *, file: str | None = None) -> "Split":
@@ -100,7 +142,7 @@ class Split:
         if not isinstance(d, dict):
             raise DataError(f"a split must be a JSON object, got {type(d).__name__}", file=file)
         names = ("kind", "seed", "train", "validation", "test", "train_models", "test_models",
-                 "held_out_tasks")
+                 "held_out_tasks", "held_out_families")
         for name in names:
             if name not in d:
                 raise DataError("missing from the saved split", file=file, field=name)
@@ -195,12 +237,16 @@ def _check_held_out(names: Sequence[str] | str, known: Sequence[str], what: str)
 def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
                validation_size: float = 0.1, seed: int = 0,
                held_out_models: Sequence[str] | None = None,
-               held_out_tasks: Sequence[str] | None = None) -> Split:
+               held_out_tasks: Sequence[str] | None = None,
+               held_out_families: Sequence[str] | None = None) -> Split:
     """Split ``table`` by ``kind``:
 
     - ``"query"``: ``test_size`` of every task's queries go to test.
     - ``"model"``: ``held_out_models`` (or a seeded ``test_size`` fraction of the models) are
       evaluated on the test queries only; queries are split as for ``"query"``.
+    - ``"family"``: as ``"model"``, holding out whole model families (``model_family``):
+      ``held_out_families``, or families drawn in a seeded order until at least ``test_size``
+      of the models are held out.
     - ``"task"``: ``held_out_tasks`` (or a seeded ``test_size`` fraction of the tasks) make the
       test part; train and validation come from the other tasks.
 
@@ -217,6 +263,10 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
     if held_out_tasks is not None and kind != "task":
         raise DataError(f"held_out_tasks is only for kind='task', not {kind!r}",
                         field="held_out_tasks")
+    if held_out_families is not None and kind != "family":
+        raise DataError(f"held_out_families is only for kind='family', not {kind!r}",
+                        field="held_out_families")
+    families_out: list[str] = []
     models = table.models
     tasks_out: list[str] = []
     if kind == "task":
@@ -235,10 +285,21 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
         remaining_ids, test = _grouped_stratified_cut(table.queries, test_size,
                                                       _rng(seed, _STREAM_TEST))
         remaining = table.queries.loc[remaining_ids]
-        if kind == "model":
-            held = (_check_held_out(held_out_models, models, "model")
-                    if held_out_models is not None
-                    else _draw(models, test_size, _rng(seed, _STREAM_MODELS), "model"))
+        if kind in MODEL_SPLITS:
+            if kind == "family":
+                families = model_families(models)
+                families_out = (_check_held_out(held_out_families, list(families), "family")
+                                if held_out_families is not None
+                                else _draw_families(families, test_size,
+                                                    _rng(seed, _STREAM_MODELS)))
+                held = [m for f in families_out for m in families[f]]
+                if len(models) - len(held) < 2:
+                    raise DataError(f"holding out {families_out} leaves fewer than two train "
+                                    f"models", field="family")
+            else:
+                held = (_check_held_out(held_out_models, models, "model")
+                        if held_out_models is not None
+                        else _draw(models, test_size, _rng(seed, _STREAM_MODELS), "model"))
             test_models = [m for m in models if m in held]
             train_models = [m for m in models if m not in held]
         else:
@@ -250,7 +311,27 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
                         f"{'train' if not train else 'test'} part ({len(table)} queries)",
                         field="test_size")
     return Split(kind, int(seed), tuple(train), tuple(validation), tuple(test),
-                 tuple(train_models), tuple(test_models), tuple(tasks_out))
+                 tuple(train_models), tuple(test_models), tuple(tasks_out),
+                 tuple(families_out))
+
+
+def _draw_families(families: dict[str, list[str]], fraction: float,
+                   rng: np.random.Generator) -> list[str]:
+    """Families in a seeded order until they hold at least ``fraction`` of the models, while
+    leaving at least two models (and one family) to train on."""
+    names = list(families)
+    if len(names) < 2:
+        raise DataError(f"holding out families needs at least two, got {names}", field="family")
+    total = sum(len(v) for v in families.values())
+    target = max(1, round(fraction * total))
+    picked, held = [], 0
+    for i in rng.permutation(len(names)):
+        if held >= target:
+            break
+        if total - held - len(families[names[i]]) >= 2 and len(picked) < len(names) - 1:
+            picked.append(names[i])
+            held += len(families[names[i]])
+    return [n for n in names if n in picked]
 
 
 def sample_ids(ids: Sequence[str], limit: int, seed: int) -> list[str]:

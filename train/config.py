@@ -8,18 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capsat.routers.base import help_field
+from data_builders.splits import SPLIT_KINDS
 
 
 @dataclass
 class TrainConfig:
     data: str = help_field("mmlu_pro", "data set name or path of an outcome file")
-    split: str = help_field("query", "query | model | task: the same splits as `capsat eval`")
+    split: str = help_field("query", "query | model | family | task: the same splits as "
+                                     "`capsat eval`")
     seed: int = help_field(0, "seed of the split, aptitude test, sampling and initialisation")
     test_size: float = help_field(0.2, "share of queries (or models / tasks) held out for test")
     validation_size: float = help_field(0.1, "share of train carved out for validation")
     models: list[str] = help_field([], "candidate pool (empty: every model of the data)")
-    held_out: list[str] = help_field([], "models (split=model) or tasks (split=task) to hold "
-                                         "out; empty: a seeded share")
+    held_out: list[str] = help_field([], "models (split=model), families (split=family) or "
+                                         "tasks (split=task) to hold out; empty: a seeded share")
     k_per_task: int = help_field(10, "aptitude-test core items per task")
     keywords: int = help_field(5, "keywords per task in the model representations")
     kshot: int = help_field(4, "queries per listwise group: 1 the group's model got right, "
@@ -52,8 +54,8 @@ class TrainConfig:
     progress: bool = help_field(True, "show progress bars")
 
     def __post_init__(self):
-        if self.split not in ("query", "model", "task"):
-            raise ValueError(f"split must be query, model or task, got {self.split!r}")
+        if self.split not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
         if self.kshot < 2:
             raise ValueError("kshot must be >= 2")
         for name in ("stage1_steps", "stage2_steps", "max_train_queries",

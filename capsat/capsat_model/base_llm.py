@@ -103,20 +103,53 @@ def _ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = fallback
 
 
+def quantization_config(quantization: str):
+    """The transformers quantization config of a ``CapsatConfig.quantization`` value (None for
+    full precision). '4bit' is QLoRA's: NF4 weights, double quantization, bf16 compute."""
+    if quantization == "none":
+        return None
+    if quantization != "4bit":
+        raise ValueError(f"unknown quantization {quantization!r}; known: none, 4bit")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def check_quantization(quantization: str) -> None:
+    """Refuse 4-bit loading where it cannot run, with what to do instead."""
+    if quantization == "none":
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError("quantization '4bit' (QLoRA) needs a CUDA GPU, and this machine has "
+                           "none: use quantization: none (the CPU recipes do), or run on a GPU "
+                           "machine with `pip install -e .[gpu]`")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError("quantization '4bit' needs bitsandbytes: pip install -e .[gpu]") \
+            from None
+
+
 def load_base_llm(name_or_path: str | os.PathLike = DEFAULT_BASE_LLM, *,
                   dtype: torch.dtype | None = None,
                   cache_dir: str | os.PathLike | None = None,
-                  attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
+                  attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
+                  quantization: str = "none"):
     """Return ``(model, tokenizer)`` for the base LLM, in eval mode.
 
     ``DEFAULT_BASE_LLM`` loads the embedded SmolLM2 GGUF (converted once and cached under
     ``cache_dir`` or ``cache_root()/models``). Anything else is a local folder or a hub id given
     to ``from_pretrained`` (``cache_dir`` is then the hub cache), safetensors only and never
-    with remote code. ``dtype=None`` means float32. The tokenizer always has a pad token.
+    with remote code. ``dtype=None`` means float32 (bfloat16 when quantized). ``quantization``
+    '4bit' loads the weights in 4 bits (QLoRA; CUDA only). The tokenizer always has a pad
+    token.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = dtype or torch.float32
+    check_quantization(quantization)
+    dtype = dtype or (torch.bfloat16 if quantization == "4bit" else torch.float32)
     if str(name_or_path) == DEFAULT_BASE_LLM:
         source = default_cache_dir(cache_dir)
         if not (source / "config.json").is_file():
@@ -125,9 +158,16 @@ def load_base_llm(name_or_path: str | os.PathLike = DEFAULT_BASE_LLM, *,
     else:
         source = name_or_path
         hub_kwargs = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
+    quantized = quantization_config(quantization)
+    if quantized is not None:
+        hub_kwargs.update(quantization_config=quantized, device_map={"": 0})
     model = AutoModelForCausalLM.from_pretrained(
         str(source), dtype=dtype, use_safetensors=True, trust_remote_code=False,
         attn_implementation=attn_implementation, **hub_kwargs)
+    if quantized is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, **hub_kwargs)
     _ensure_pad_token(tokenizer)
     model.eval()

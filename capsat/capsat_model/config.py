@@ -14,6 +14,7 @@ DEFAULT_BASE_LLM = "smollm2-135m-instruct"
 # prompt) so that the instruction is a prefix shared by every candidate and is encoded once.
 DEFAULT_INQUIRY = ("Can the following model answer this instruction correctly? "
                    "Answer Yes or No.\nModel:")
+QUANTIZATIONS = ("none", "4bit")
 
 
 @dataclass
@@ -23,12 +24,26 @@ class CapsatConfig(RouterConfig):
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
-    capability_encoder: str = help_field(DEFAULT_ENCODER, "sentence encoder of the model "
-                                         "representations (the embedded all-MiniLM-L6-v2 by "
-                                         "default)")
-    use_aptitude_vector: bool = help_field(True, "append the per-task aptitude accuracies to the "
-                                           "encoded representation (sentence encoders read "
-                                           "numbers poorly)")
+    quantization: str = help_field("none", "'4bit': load the base LLM in 4 bits with "
+                                   "bitsandbytes (QLoRA: a 1-2B base on one GPU; needs CUDA and "
+                                   "the gpu extra); 'none': full precision")
+    use_llm: bool = help_field(True, "read P(correct) through the LLM (soft tokens, Yes/No); "
+                               "false: the capability encoder's direct logit alone (an "
+                               "ablation, and no LLM to load)")
+    capability_encoder: str = help_field(DEFAULT_ENCODER, "sentence encoder of instructions "
+                                         "and evidence items (the embedded all-MiniLM-L6-v2)")
+    encoder_heads: int = help_field(4, "learned attention heads from the instruction over a "
+                                    "candidate's evidence items")
+    encoder_cosine_heads: int = help_field(2, "heads on the plain cosine of the sentence "
+                                           "embeddings (a kernel kNN), sharpness learned")
+    encoder_head_dim: int = help_field(32, "width of each learned head")
+    encoder_knn: list = help_field([10, 40], "k of the hard kNN features over the evidence")
+    encoder_hidden: int = help_field(128, "hidden width of the encoder's MLP")
+    capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
+                                     "instruction) that becomes the soft tokens")
+    encoder_dropout: float = help_field(0.1, "dropout in the encoder's MLP while training")
+    max_evidence: int = help_field(0, "a known model's evidence at inference: at most this "
+                                   "many of its bank items (a seeded sample; 0 = all)")
     n_soft_tokens: int = help_field(2, "capability soft tokens per candidate")
     connector_hidden: int = help_field(256, "hidden width of the connector MLP")
     lora_r: int = help_field(8, "LoRA rank")
@@ -36,16 +51,37 @@ class CapsatConfig(RouterConfig):
     lora_dropout: float = help_field(0.0, "dropout on the LoRA branch")
     lora_include_mlp: bool = help_field(False, "also adapt the MLP projections, not only "
                                         "attention")
-    irt_dim: int = help_field(16, "dimension of the IRT ability / discrimination vectors")
-    max_instruction_tokens: int = help_field(96, "instructions are cut to their first N tokens")
+    irt_dim: int = help_field(8, "dimension of the IRT ability / discrimination vectors")
+    max_instruction_tokens: int = help_field(128, "instructions longer than this many tokens "
+                                             "keep their first head tokens and their last "
+                                             "tokens (the answer options of a multiple-choice "
+                                             "question sit at the end)")
+    instruction_head_tokens: int = help_field(64, "of those, how many come from the start")
     inquiry_prompt: str = help_field(DEFAULT_INQUIRY, "performance-inquiry text between the "
                                      "instruction and the candidate's soft tokens")
     predict_batch_size: int = help_field(8, "queries per forward pass when routing")
 
     def __post_init__(self):
-        for name in ("n_soft_tokens", "connector_hidden", "lora_r", "irt_dim",
-                     "max_instruction_tokens", "predict_batch_size"):
+        for name in ("n_soft_tokens", "connector_hidden", "lora_r", "irt_dim", "encoder_hidden",
+                     "capability_dim", "encoder_head_dim", "max_instruction_tokens",
+                     "predict_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CapsatConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"CapsatConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("encoder_heads", "encoder_cosine_heads", "max_evidence"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"CapsatConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.encoder_heads + self.encoder_cosine_heads < 1:
+            raise ValueError("CapsatConfig needs at least one attention head")
+        if not 0 <= self.instruction_head_tokens <= self.max_instruction_tokens:
+            raise ValueError("CapsatConfig.instruction_head_tokens must be in [0, "
+                             "max_instruction_tokens]")
+        if not self.encoder_knn or any(int(k) < 1 for k in self.encoder_knn):
+            raise ValueError(f"CapsatConfig.encoder_knn must hold positive integers, got "
+                             f"{self.encoder_knn}")
+        for name in ("lora_dropout", "encoder_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"CapsatConfig.{name} must be in [0, 1), got "
+                                 f"{getattr(self, name)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"CapsatConfig.quantization must be one of {QUANTIZATIONS}, got "
+                             f"{self.quantization!r}")

@@ -19,7 +19,6 @@ from data_builders.experiment import load_table, prepare_experiment
 from data_builders.splits import sample_ids
 
 from ..routers.provenance import refusal
-
 from .router import CapsatRouter
 
 

@@ -1,20 +1,24 @@
-"""The CapSAT network: LoRA-tuned LLM + model-capability encoder + IRT heads.
+"""The CapSAT network (v3): model-capability encoder over item-level evidence, LoRA-tuned LLM
+reading the candidates' soft tokens, IRT heads.
 
-For one query and M candidates, one packed forward pass reads
+For one instruction and M candidates:
 
-    [prompt head, instruction (cut to N tokens), inquiry, answer opening] [soft tokens of c]
+1. the capability encoder (``evidence.EvidenceEncoder``) reads each candidate's evidence items
+   conditioned on the instruction's sentence embedding and gives a capability vector and a
+   direct logit (which starts as the per-task prior);
+2. the connector maps each capability vector to the candidate's soft tokens, and one packed
+   forward pass of the LLM reads
 
-for every c at once (see ``packing``), and P(candidate c answers correctly) = softmax over the
-{Yes, No} logits at candidate c's last soft token. Under a chat template the answer opening is
-the assistant turn's header, inside the shared prefix; without one it is "Answer:". Nothing
-follows the soft tokens, so 29 candidates cost 29 x k extra tokens. The candidate's soft tokens come from the
-connector MLP applied to its capability features: the sentence embedding of its model
-representation (Model-SAT aptitude results as text), optionally joined by the raw per-task
-aptitude accuracies.
+       [prompt head, instruction (head + tail), inquiry, answer opening] [soft tokens of c]
 
-IRT heads (auxiliary, as in IrtNet): ability theta_m from the capability features;
-discrimination a_q (softplus, so ability reads as ability) and difficulty b_q from the LLM's
-last hidden state at the instruction's last token; P_irt = sigmoid(a_q . theta_m - b_q).
+   for every c at once (see ``packing``); the Yes-minus-No logit at c's last soft token is the
+   LLM's answer;
+3. P(c answers correctly) = sigmoid(direct logit + gate * LLM logit). The gate starts at 0, so
+   training begins from the encoder's answer and the LLM earns its weight on the losses.
+
+Under a chat template the answer opening is the assistant turn's header, inside the shared
+prefix; without one it is "Answer:". Nothing follows the soft tokens, so 29 candidates cost
+29 x k extra tokens. With ``use_llm: false`` the LLM is not loaded and P = sigmoid(direct).
 """
 from __future__ import annotations
 
@@ -26,19 +30,20 @@ from torch import nn
 
 from .base_llm import lora_target_modules, yes_no_token_ids
 from .config import CapsatConfig
+from .evidence import Evidence, EncoderOutput, EvidenceEncoder
 from .packing import PackedBatch, collate, pack, packed_forward
 
 _INSTRUCTION = "\x00INSTRUCTION\x00"
 _SOFT = "\x00SOFT\x00"
+#: Trainable parts by name (checkpoints and saved heads are keyed by these prefixes).
+PARTS = ("encoder", "connector", "gate")
 
 
 @dataclass
 class CapsatOutput:
-    logits: torch.Tensor  # (B, M) Yes-minus-No logit: P(correct) = sigmoid(logits)
-    irt_logits: torch.Tensor  # (B, M) a_q . theta_m - b_q
-    ability: torch.Tensor  # (M, D)
-    discrimination: torch.Tensor  # (B, D)
-    difficulty: torch.Tensor  # (B,)
+    logits: torch.Tensor  # (B, M): P(correct) = sigmoid(logits)
+    encoder: EncoderOutput
+    llm_logits: torch.Tensor | None  # (B, M) Yes-minus-No at the readouts (None: no LLM)
 
 
 def prompt_pieces(tokenizer, inquiry: str) -> tuple[list[int], list[int], list[int]]:
@@ -65,8 +70,6 @@ def prompt_pieces(tokenizer, inquiry: str) -> tuple[list[int], list[int], list[i
             raise ValueError(f"the tokenizer's chat template failed: {failure}")
     else:
         text = content + "\nAnswer:"
-    # The soft tokens come last, so a candidate's block is its k soft tokens alone and the
-    # answer is read at the last of them: 29 candidates cost 29 * k extra tokens.
     text += _SOFT
     head, rest = text.split(_INSTRUCTION)
     middle, tail = rest.split(_SOFT)
@@ -80,16 +83,38 @@ def prompt_pieces(tokenizer, inquiry: str) -> tuple[list[int], list[int], list[i
     return bos + ids(head), ids(middle), ids(tail)
 
 
-class CapsatNetwork(nn.Module):
-    """Trainable parts (LoRA, connector, IRT heads) around a frozen base LLM."""
+def head_and_tail(ids: list[int], limit: int, head: int) -> list[int]:
+    """At most ``limit`` ids: the first ``head`` and the last ``limit - head`` (the options of
+    a multiple-choice question are at its end)."""
+    if len(ids) <= limit:
+        return ids
+    tail = limit - head
+    return ids[:head] + (ids[-tail:] if tail else [])
 
-    def __init__(self, config: CapsatConfig, llm: nn.Module, tokenizer, capability_dim: int):
+
+class CapsatNetwork(nn.Module):
+    """Trainable parts (encoder, connector, gate, LoRA) around a frozen base LLM."""
+
+    def __init__(self, config: CapsatConfig, llm: nn.Module | None, tokenizer,
+                 embedding_dim: int, n_tasks: int):
         super().__init__()
+        self.config = config
+        self.embedding_dim, self.n_tasks = embedding_dim, n_tasks
+        self.encoder = EvidenceEncoder(
+            embedding_dim, n_tasks, heads=config.encoder_heads,
+            head_dim=config.encoder_head_dim, cosine_heads=config.encoder_cosine_heads,
+            knn_ks=tuple(config.encoder_knn), hidden=config.encoder_hidden,
+            capability_dim=config.capability_dim, irt_dim=config.irt_dim,
+            dropout=config.encoder_dropout)
+        self.llm = None
+        self.lora_targets: list[str] = []
+        if not config.use_llm:
+            return
+        if llm is None:
+            raise ValueError("use_llm needs a base LLM")
         from peft import LoraConfig, get_peft_model
 
-        self.config = config
         self.tokenizer = tokenizer
-        self.capability_dim = capability_dim
         hidden = llm.config.hidden_size
         targets = lora_target_modules(llm, include_mlp=config.lora_include_mlp)
         for parameter in llm.parameters():
@@ -98,19 +123,17 @@ class CapsatNetwork(nn.Module):
                           lora_dropout=config.lora_dropout, target_modules=targets, bias="none")
         self.llm = get_peft_model(llm, lora)
         self.lora_targets = targets
-
-        embeddings = llm.get_input_embeddings().weight.detach()
+        embeddings = llm.get_input_embeddings().weight.detach().float()
         self.connector = nn.Sequential(
-            nn.LayerNorm(capability_dim), nn.Linear(capability_dim, config.connector_hidden),
-            nn.GELU(), nn.Linear(config.connector_hidden, config.n_soft_tokens * hidden))
+            nn.LayerNorm(config.capability_dim),
+            nn.Linear(config.capability_dim, config.connector_hidden), nn.GELU(),
+            nn.Linear(config.connector_hidden, config.n_soft_tokens * hidden))
         # Soft tokens start near the average token embedding, at the scale of real tokens.
         with torch.no_grad():
             last = self.connector[-1]
             last.weight.normal_(0.0, float(embeddings.std()) / config.connector_hidden ** 0.5)
             last.bias.copy_(embeddings.mean(0).repeat(config.n_soft_tokens))
-        self.ability_head = nn.Sequential(nn.LayerNorm(capability_dim),
-                                          nn.Linear(capability_dim, config.irt_dim))
-        self.query_head = nn.Linear(hidden, config.irt_dim + 1)
+        self.gate = nn.Parameter(torch.zeros(()))
         self.yes_no = yes_no_token_ids(tokenizer)
         self.head_ids, self.middle_ids, self.suffix_ids = prompt_pieces(tokenizer,
                                                                        config.inquiry_prompt)
@@ -120,61 +143,88 @@ class CapsatNetwork(nn.Module):
         if not isinstance(text, str):
             raise TypeError(f"an instruction must be text, got {type(text).__name__}")
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return self.head_ids + ids[:self.config.max_instruction_tokens] + self.middle_ids
+        ids = head_and_tail(ids, self.config.max_instruction_tokens,
+                            self.config.instruction_head_tokens)
+        return self.head_ids + ids + self.middle_ids
 
-    def pack_queries(self, texts: Sequence[str], n_candidates: int) -> PackedBatch:
+    def pack_queries(self, texts: Sequence[str], n_candidates: int) -> PackedBatch | None:
+        if self.llm is None:
+            return None
         packed = [pack(self.instruction_ids(t), n_candidates, self.config.n_soft_tokens,
                        self.suffix_ids) for t in texts]
         dtype = next(self.llm.parameters()).dtype
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            dtype = torch.bfloat16  # 4-bit weights compute in bf16
         return collate(packed, self.tokenizer.pad_token_id, dtype=dtype)
 
     # ------------------------------------------------------------ forward
-    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by training stage: 'heads' (connector + IRT heads) and 'lora'."""
-        heads = [p for m in (self.connector, self.ability_head, self.query_head)
-                 for p in m.parameters()]
-        lora = [p for n, p in self.llm.named_parameters() if "lora_" in n]
-        return {"heads": heads, "lora": lora}
+    def parts(self) -> dict[str, nn.Module | nn.Parameter]:
+        out = {"encoder": self.encoder}
+        if self.llm is not None:
+            out.update(connector=self.connector, gate=self.gate)
+        return out
 
-    def forward(self, batch: PackedBatch, capability: torch.Tensor) -> CapsatOutput:
-        """``capability``: (M, capability_dim) features of the M candidates, in the order of
-        the packed blocks."""
-        batch_size, n_candidates = batch.readout_positions.shape
-        if capability.shape != (n_candidates, self.capability_dim):
-            raise ValueError(f"capability features have shape {tuple(capability.shape)}, "
-                             f"expected {(n_candidates, self.capability_dim)}")
-        soft = self.connector(capability).view(n_candidates, self.config.n_soft_tokens, -1)
-        soft = soft.unsqueeze(0).expand(batch_size, -1, -1, -1)
-        out = packed_forward(self.llm, batch, soft, select_token_ids=self.yes_no,
-                             output_hidden_states=True)
-        logits = out.logits[..., 0] - out.logits[..., 1]
-        query = self.query_head(out.instruction_hidden)
-        discrimination = nn.functional.softplus(query[:, :-1])
-        difficulty = query[:, -1]
-        ability = self.ability_head(capability)
-        irt_logits = discrimination @ ability.T - difficulty[:, None]
-        return CapsatOutput(logits, irt_logits, ability, discrimination, difficulty)
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by training stage: 'encoder', 'llm_heads' (connector and gate) and
+        'lora'."""
+        groups = {"encoder": list(self.encoder.parameters()), "llm_heads": [], "lora": []}
+        if self.llm is not None:
+            groups["llm_heads"] = list(self.connector.parameters()) + [self.gate]
+            groups["lora"] = [p for n, p in self.llm.named_parameters() if "lora_" in n]
+        return groups
+
+    def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
+                batch: PackedBatch | None = None) -> CapsatOutput:
+        """``query_embeddings`` (B, E); ``evidence`` of the M candidates; ``batch``: the packed
+        instructions for the LLM (``pack_queries``; None skips the LLM, for the encoder's
+        stage of training)."""
+        encoded = self.encoder(query_embeddings, evidence)
+        if self.llm is None or batch is None:
+            return CapsatOutput(encoded.direct_logit, encoded, None)
+        b, m = encoded.direct_logit.shape
+        if tuple(batch.readout_positions.shape) != (b, m):
+            raise ValueError(f"the packed batch holds {tuple(batch.readout_positions.shape)} "
+                             f"(queries, candidates), the evidence ({b}, {m})")
+        soft = self.connector(encoded.capability).view(b, m, self.config.n_soft_tokens, -1)
+        out = packed_forward(self.llm, batch, soft, select_token_ids=self.yes_no)
+        llm_logits = (out.logits[..., 0] - out.logits[..., 1]).float()
+        return CapsatOutput(encoded.direct_logit + self.gate * llm_logits, encoded, llm_logits)
 
     # ------------------------------------------------------- state (no base)
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Everything that training changes: LoRA weights and the heads (not the base LLM)."""
-        from peft import get_peft_model_state_dict
+        """Everything that training changes: LoRA weights and the other parts (not the base)."""
+        state = {}
+        if self.llm is not None:
+            from peft import get_peft_model_state_dict
 
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.llm).items()}
-        for name in ("connector", "ability_head", "query_head"):
-            for k, v in getattr(self, name).state_dict().items():
-                state[f"{name}.{k}"] = v
+            state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.llm).items()}
+        for name, part in self.parts().items():
+            if isinstance(part, nn.Parameter):
+                state[name] = part
+            else:
+                state.update({f"{name}.{k}": v for k, v in part.state_dict().items()})
         # A copy: on the CPU, detach() alone would alias the live parameters.
         return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
+        expected = {name for name in self.parts()}
+        found = {k.split(".", 1)[0] for k in state if not k.startswith("lora.")}
+        if found != expected:
+            raise ValueError(f"saved parts {sorted(found)} do not match the network's "
+                             f"{sorted(expected)} (use_llm differs?)")
+        if self.llm is not None:
+            from peft import set_peft_model_state_dict
 
-        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-        result = set_peft_model_state_dict(self.llm, lora)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"LoRA state has keys the model lacks: {unexpected[:5]}")
-        for name in ("connector", "ability_head", "query_head"):
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            getattr(self, name).load_state_dict(part, strict=True)
+            lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+            result = set_peft_model_state_dict(self.llm, lora)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"LoRA state has keys the model lacks: {unexpected[:5]}")
+        for name, part in self.parts().items():
+            if isinstance(part, nn.Parameter):
+                with torch.no_grad():
+                    part.copy_(state[name])
+            else:
+                sub = {k[len(name) + 1:]: v for k, v in state.items()
+                       if k.startswith(name + ".")}
+                part.load_state_dict(sub, strict=True)

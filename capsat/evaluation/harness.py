@@ -21,6 +21,7 @@ from data_builders.atomic import write_json, write_text
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.experiment import Experiment, prepare_experiment
 from data_builders.outcomes import OutcomeTable
+from data_builders.splits import MODEL_SPLITS
 
 from ..routers import ROUTERS, Queries, get_router_class
 from ..routers.provenance import refusal
@@ -81,10 +82,19 @@ def _embed_parts(parts: dict[str, OutcomeTable], encoder: str) -> dict[str, np.n
 
 
 def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, list[str]]:
-    """Best single model and per-task best single model, both chosen on the train labels of
-    the test models and scored on test; the oracle and random. Returns (reference, notes)."""
+    """Best single model and per-task best single model, scored on test; the oracle and
+    random. Returns (reference, notes).
+
+    Known models (query and task splits) are picked on their train labels. Held-out models
+    (model and family splits) are picked on their aptitude results alone, as a user onboarding
+    them would: their other labels choose nothing."""
     models = list(experiment.split.test_models)
-    train = experiment.train_of_test_models()
+    if experiment.split.kind in MODEL_SPLITS:
+        train = experiment.table.subset(sorted(experiment.aptitude.item_ids), models)
+        chosen_on = "aptitude results"
+    else:
+        train = experiment.train_of_test_models()
+        chosen_on = "train labels"
     scores = test.scores[models].to_numpy(dtype=float)
     best = str(train.scores.mean().idxmax())
     per_task_model, notes = {}, []
@@ -99,7 +109,7 @@ def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, 
                          f"best single model")
     picked = [test.scores.at[q, per_task_model[t]] for q, t in zip(test.query_ids, test.tasks)]
     reference = {"best_single": float(test.scores[best].mean()), "best_single_model": best,
-                 "per_task_best_single": float(np.mean(picked)),
+                 "chosen_on": chosen_on, "per_task_best_single": float(np.mean(picked)),
                  "per_task_best_models": per_task_model,
                  "oracle": float(scores.max(axis=1).mean()), "random": float(scores.mean())}
     return reference, notes
@@ -111,13 +121,17 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
              out_dir: str | os.PathLike | None = None, plots: bool = True,
              encoder: str = DEFAULT_ENCODER, tasks: Sequence[str] | None = None,
              router_args: dict[str, dict] | None = None, load_options: dict | None = None,
-             allow_unknown_provenance: bool = False) -> EvalResult:
+             allow_unknown_provenance: bool = False, aptitude_items: int = 140) -> EvalResult:
     """Fit every router on train (or load a saved one), score it once on test.
 
     ``tasks``: evaluate on those tasks only (None = every task of the data). ``router_args``:
     per router name, config overrides. ``load_options``: the generic importer's options for a
     user's file. A saved router is refused when it saw any test query, or when it carries no
     record of what it was fitted on (unless ``allow_unknown_provenance``).
+
+    ``aptitude_items``: size of the experiment's aptitude test (spread over the tasks). In a
+    model or family split, only routers that onboard are scored: each is fitted on the train
+    models and then onboards every held-out model from its results on those items alone.
     """
     specs = parse_router_list(routers)
     router_args = dict(router_args or {})
@@ -126,14 +140,21 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
         raise KeyError(f"router options for {stray}, which this run does not evaluate")
     experiment = prepare_experiment(data, split, models=models, tasks=tasks, held_out=held_out,
                                     seed=seed, test_size=test_size,
-                                    validation_size=validation_size, load_options=load_options)
+                                    validation_size=validation_size, load_options=load_options,
+                                    aptitude_items=aptitude_items)
     table, the_split = experiment.table, experiment.split
     train, validation, test = experiment.parts()
     test_models = list(the_split.test_models)
     reference, notes = reference_values(experiment, test)
-    result = EvalResult(table.name, {"kind": split, "seed": seed, **the_split.sizes()},
+    onboarding = split in MODEL_SPLITS
+    result = EvalResult(table.name, {"kind": split, "seed": seed, **the_split.sizes(),
+                                     "aptitude_items": len(experiment.aptitude.item_ids)},
                         test_models, table.cost_unit, reference,
                         notes=experiment.notes + notes)
+    if onboarding:
+        result.split["held_out_models"] = test_models
+        result.split["held_out_families"] = list(the_split.held_out_families)
+        aptitude_results = experiment.aptitude_results(test_models)
 
     scores = test.scores[test_models].to_numpy(dtype=float)
     costs = None if test.costs is None else test.costs[test_models].to_numpy(dtype=float)
@@ -158,6 +179,10 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
         if klass.needs_responses and test.responses is None:
             result.skipped[spec.label] = "needs the candidates' responses; this data has none"
             continue
+        if onboarding and not (klass.can_onboard or klass.cheats):
+            result.skipped[spec.label] = ("cannot onboard held-out models from their aptitude "
+                                          "test")
+            continue
         options = router_args.get(spec.name, {})
         t0 = time.perf_counter()
         try:
@@ -176,7 +201,15 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
                 router = klass(**options).fit(test)
             else:
                 router = klass(**options).fit(train, validation, embeddings, split=split,
-                                              seed=seed)
+                                              seed=seed, aptitude=experiment.aptitude)
+            if onboarding and not klass.cheats:
+                if router.aptitude != experiment.aptitude:
+                    result.skipped[spec.label] = ("was made with another aptitude test than "
+                                                  "this split's: train it on this split")
+                    continue
+                for model in test_models:
+                    router.onboard(model, aptitude_results[model],
+                                   replace=model in router.models)
             fit_seconds = time.perf_counter() - t0
             unseen = [m for m in test_models if m not in router.models]
             if unseen:
@@ -227,7 +260,8 @@ def format_table(result: EvalResult, markdown: bool = False) -> str:
             for name, row in result.routers.items()]
     ref = result.reference
     foot = (f"best single = {ref['best_single']:.4f} ({ref['best_single_model']}), per-task "
-            f"best single = {ref['per_task_best_single']:.4f}, oracle = {ref['oracle']:.4f}, "
+            f"best single = {ref['per_task_best_single']:.4f} (both chosen on "
+            f"{ref.get('chosen_on', 'train labels')}), oracle = {ref['oracle']:.4f}, "
             f"random = {ref['random']:.4f}; split {result.split}")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

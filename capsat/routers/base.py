@@ -13,11 +13,12 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from data_builders.aptitude import AptitudeTest, check_item_results
 from data_builders.atomic import atomic_folder
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.errors import DataError
@@ -186,6 +187,9 @@ class Router(ABC):
     label_free: ClassVar[bool] = False
     #: True for routers that read the candidates' own responses (SMOOTHIE).
     needs_responses: ClassVar[bool] = False
+    #: True for routers that add a new candidate from its aptitude-test results alone
+    #: (``onboard``); they are fitted with the experiment's aptitude test.
+    can_onboard: ClassVar[bool] = False
 
     def __init__(self, config: RouterConfig | None = None, **overrides):
         if config is None:
@@ -199,6 +203,8 @@ class Router(ABC):
         self.models: list[str] = []
         #: What the router was fitted on (``provenance.Provenance``); None = unknown.
         self.fitted_on: Provenance | None = None
+        #: The aptitude test new models are onboarded with (routers with ``can_onboard``).
+        self.aptitude: AptitudeTest | None = None
         self._embedder: Embedder | None = None
         #: Show progress bars for long work (embedding, scoring); a batch job may turn them off.
         self.progress = True
@@ -209,15 +215,21 @@ class Router(ABC):
     # ------------------------------------------------------------ training
     def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None,
             embeddings: dict[str, np.ndarray] | None = None, *, split: str | None = None,
-            seed: int | None = None) -> "Router":
+            seed: int | None = None, aptitude: AptitudeTest | None = None) -> "Router":
         """Fit on ``train``; choose hyper-parameters / stop early on ``validation`` only.
 
         ``embeddings`` optionally maps "train"/"validation" to precomputed query embeddings.
         ``split`` / ``seed`` name the split the tables come from, for the router's record of
-        what it was fitted on (``fitted_on``, saved with it).
+        what it was fitted on (``fitted_on``, saved with it). ``aptitude``: the experiment's
+        aptitude test (its core items are train queries), which routers that onboard new
+        models need.
         """
         if validation is not None and validation.models != train.models:
             raise ValueError("train and validation must have the same models")
+        if self.can_onboard and aptitude is None:
+            raise DataError(f"{self.name} onboards new models from their aptitude-test results: "
+                            f"fit it with the experiment's aptitude test", field="aptitude")
+        self.aptitude = aptitude
         self.models = list(train.models)
         embeddings = embeddings or {}
         train_q = Queries.from_table(train, embeddings.get("train"))
@@ -270,6 +282,23 @@ class Router(ABC):
                             f"it knows {self.models}", field="model")
         return [self.models.index(m) for m in models]
 
+    # ----------------------------------------------------------- onboarding
+    def onboard(self, name: str, results: Mapping[str, float], *, price: dict | None = None,
+                replace: bool = False) -> None:
+        """Add the model ``name`` from its scores on the aptitude test's core items alone
+        (``results``: item id -> score in [0, 1]); only routers with ``can_onboard``."""
+        raise NotImplementedError(f"{self.name} cannot onboard a new model: it knows only the "
+                                  f"models it was fitted on")
+
+    def check_onboarding(self, name: str, results: Mapping[str, float], replace: bool
+                         ) -> dict[str, float]:
+        """The results as floats, checked: every key a core item, every task answered, scores
+        in [0, 1], and ``name`` new unless ``replace``."""
+        if name in self.models and not replace:
+            raise DataError(f"{name!r} is already a candidate; replace it explicitly",
+                            field="name")
+        return check_item_results(self.aptitude, results)
+
     def route(self, queries: QueriesLike, candidates: Sequence[str] | None = None,
               costs: dict[str, float] | Sequence[float] | np.ndarray | None = None,
               willingness_to_pay: float = 0.0) -> list[str]:
@@ -319,7 +348,8 @@ class Router(ABC):
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
         meta = {"router": self.name, "config": self.config.to_dict(), "models": self.models,
                 "state": self.state_json(),
-                "fitted_on": None if self.fitted_on is None else self.fitted_on.to_json()}
+                "fitted_on": None if self.fitted_on is None else self.fitted_on.to_json(),
+                "aptitude": None if self.aptitude is None else self.aptitude.to_json()}
         with atomic_folder(directory) as tmp:
             if arrays:
                 save_file(arrays, str(tmp / STATE_FILE))
@@ -348,12 +378,14 @@ class Router(ABC):
             raise TypeError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
         if meta.get("format") == "huggingface":  # saved with save_pretrained (CapSAT)
             return klass.load(directory)
-        for key in ("config", "models", "state", "fitted_on"):
+        for key in ("config", "models", "state", "fitted_on", "aptitude"):
             if key not in meta:
                 raise DataError("missing key", file=str(path), field=key)
         router = klass(klass.config_class.from_dict(meta["config"]))
         router.models = list(meta["models"])
         router.fitted_on = Provenance.from_json(meta["fitted_on"], file=str(path))
+        if meta["aptitude"] is not None:
+            router.aptitude = AptitudeTest.from_json(meta["aptitude"], file=str(path))
         router.load_state_json(meta["state"])
         state = directory / STATE_FILE
         router.load_state_arrays(load_file(str(state)) if state.exists() else {})

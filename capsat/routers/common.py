@@ -97,3 +97,24 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
+
+
+def task_centroids(embeddings: np.ndarray, tasks: Sequence[str], names: Sequence[str]
+                   ) -> np.ndarray:
+    """(T, d) unit-length mean embedding of each task's queries, rows in ``names`` order."""
+    x = unit_rows(np.asarray(embeddings, dtype=np.float64))
+    tasks = np.asarray(tasks, dtype=object)
+    rows = [x[tasks == t].mean(axis=0) if (tasks == t).any() else np.zeros(x.shape[1])
+            for t in names]
+    return unit_rows(np.stack(rows))
+
+
+def query_tasks(queries: "Queries", names: Sequence[str], centroids: np.ndarray) -> np.ndarray:
+    """Index into ``names`` of each query's task: its label when it has a known one, else the
+    nearest task centroid (logs carry no task label)."""
+    x = unit_rows(np.asarray(queries.embeddings, dtype=np.float64))
+    nearest = np.argmax(x @ centroids.T, axis=1)
+    if queries.tasks is None:
+        return nearest
+    index = {t: i for i, t in enumerate(names)}
+    return np.array([index.get(t, n) for t, n in zip(queries.tasks, nearest)])

@@ -19,8 +19,16 @@ from data_builders.errors import DataError
 
 from ..evaluation.metrics import upper_envelope
 from .io import detect_format
-from .job import (RouteConfig, budget_dual_price, chunk_name, evaluate_parts, part_paths,
-                  resolve_prices, run_route, work_dir_of)
+from .job import (
+    RouteConfig,
+    budget_dual_price,
+    chunk_name,
+    evaluate_parts,
+    part_paths,
+    resolve_prices,
+    run_route,
+    work_dir_of,
+)
 from .policies import Policy
 
 SWEEPS = ("tradeoff", "threshold", "budget")

@@ -44,8 +44,21 @@ from data_builders.outcomes import MAX_QUERY_CHARS
 from ..routers import Queries, Router
 from ..routers.base import help_field
 from . import prices as P
-from .io import (COST_PREFIX, FORMATS, PROB_PREFIX, SCORE_PREFIX, BadRow, OutputWriter, Row,
-                 RowSpec, count_records, detect_format, iter_raw, parse_row, write_parquet_atomic)
+from .io import (
+    COST_PREFIX,
+    FORMATS,
+    PROB_PREFIX,
+    SCORE_PREFIX,
+    BadRow,
+    OutputWriter,
+    Row,
+    RowSpec,
+    count_records,
+    detect_format,
+    iter_raw,
+    parse_row,
+    write_parquet_atomic,
+)
 from .policies import Policy, choose, solve_budget
 from .resolve import Resolved, resolve_router
 from .summary import JobSummary, Totals

@@ -6,6 +6,8 @@ Accepted files (the format follows the file name):
   span several lines. An empty cell means "missing".
 * ``.jsonl`` / ``.jsonl.gz`` (also ``.ndjson``) -- one JSON object per line; blank lines are
   skipped. ``null`` or an absent key means "missing".
+* An optional ``answer`` column holds each query's reference answer (e.g. the option letter),
+  which aptitude items are graded against; it is not a model.
 * ``.parquet`` -- one row per record. A Parquet written by ``OutcomeTable.save`` keeps its name,
   cost unit and model cards.
 
@@ -190,7 +192,8 @@ def _text_ids(values: pd.Series) -> pd.Series:
 
 def read_outcomes(path: str | os.PathLike, *, layout: str = "auto", name: str | None = None,
                   id_column: str = "query_id", query_column: str = "query",
-                  task_column: str = "task", models: Sequence[str] | None = None,
+                  task_column: str = "task", answer_column: str = "answer",
+                  models: Sequence[str] | None = None,
                   cost_unit: str | None = None, cost_suffix: str = "|cost",
                   response_suffix: str = "|response", default_task: str | None = None
                   ) -> OutcomeTable:
@@ -228,7 +231,9 @@ def read_outcomes(path: str | os.PathLike, *, layout: str = "auto", name: str | 
         base["query_id"] = _text_ids(frame[id_column])
     else:
         base["query_id"] = None  # filled from line numbers below
-    reserved = {id_column, query_column, task_column}
+    if answer_column in frame.columns:
+        base["answer"] = frame[answer_column].map(lambda v: None if _blank(v) else v)
+    reserved = {id_column, query_column, task_column, answer_column}
 
     if layout == "long":
         for column in ("model", "score"):

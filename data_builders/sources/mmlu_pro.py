@@ -1,7 +1,8 @@
 """MMLU-Pro: 12,032 questions x 29 LLMs (official 5-shot CoT evaluation outputs).
 
 Raw files (``<raw>/mmlu_pro/``): questions.jsonl, correctness.csv, output_chars.csv.
-Query text is the question followed by its lettered options, as the models saw it. Cost is
+Query text is the question followed by its lettered options, as the models saw it; ``answer``
+is the key's letter (what aptitude items are graded against). Cost is
 the character length of the model's output (no prices exist for this set; base models
 continue the few-shot pattern, so their lengths are not comparable with chat models').
 A blank correctness cell (no record for that model) stays missing.
@@ -33,7 +34,7 @@ def build(raw_dir: Path) -> OutcomeTable:
     qpath = src / "questions.jsonl"
     if not qpath.exists():
         raise DataError("no such file", file=str(qpath))
-    texts, tasks = {}, {}
+    texts, tasks, answers = {}, {}, {}
     with open(qpath, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             try:
@@ -43,6 +44,7 @@ def build(raw_dir: Path) -> OutcomeTable:
             qid = str(row["question_id"])
             texts[qid] = format_question(row["question"], row["options"])
             tasks[qid] = row["category"]
+            answers[qid] = str(row["answer"])
     correct = pd.read_csv(src / "correctness.csv", dtype={"question_id": str})
     chars = pd.read_csv(src / "output_chars.csv", dtype={"question_id": str})
     models = [c for c in correct.columns if c not in ("question_id", "category")]
@@ -54,7 +56,9 @@ def build(raw_dir: Path) -> OutcomeTable:
     long = long.rename(columns={"question_id": "query_id"})
     long["query"] = long["query_id"].map(texts)
     long["task"] = long["query_id"].map(tasks)
+    long["answer"] = long["query_id"].map(answers)
     long["query_id"] = "mmlu_pro/" + long["query_id"]
-    return OutcomeTable.from_long(long[["query_id", "query", "task", "model", "score", "cost"]],
+    columns = ["query_id", "query", "task", "model", "score", "cost", "answer"]
+    return OutcomeTable.from_long(long[columns],
                                   name="mmlu_pro", cost_unit="output_chars",
                                   provenance=PROVENANCE, file=str(src / "correctness.csv"))

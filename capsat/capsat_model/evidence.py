@@ -1,0 +1,232 @@
+"""The model-capability encoder of CapSAT v3: a candidate described by item-level evidence.
+
+A candidate is a set of evidence items: its outcome on each, with how often the training
+pool got the item right. A known model's evidence is drawn from its train outcomes (a large
+bank); a new model's is its aptitude answers. One mechanism for both: more evidence, a
+sharper description.
+
+The candidates scored together share one pool of items (``Evidence.embeddings``, N x E); each
+candidate's evidence is the subset its ``mask`` marks, with its own ``outcomes``. So the
+instruction-to-item similarities are computed once for every candidate.
+
+The encoder reads each candidate's evidence *conditioned on the instruction being routed*:
+
+- attention heads, from the instruction's embedding over the items' embeddings (learned
+  projections, and heads on the plain cosine of the sentence embeddings with learned
+  sharpness: a kernel kNN), each pooling the outcome (local accuracy), the outcome minus the
+  pool's success (local ability, net of how hard the nearby items are), the pool's success
+  and the effective number of items attended;
+- the mean outcome of the k most similar items (hard kNN, several k);
+- the candidate's accuracy on each task (shrunk toward its overall accuracy, with its count),
+  weighted by the instruction's task posterior (a task head reads the instruction: logs carry
+  no task label); and whole-set summaries (accuracy, residual, size).
+
+An MLP turns these into the candidate's capability vector: the connector maps it to soft
+tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
+which starts as the per-task prior logit(accuracy on the instruction's likely task).
+
+Nothing per-instruction that training could fit to its own loss queries enters the direct
+path: what it knows of the instruction comes through other items (attention, kNN, task).
+
+IRT heads, identified as in the ``irt`` router: ability theta_m (D) from the evidence with
+query-independent attention, centred over the candidates scored together; discrimination a_q
+(softplus) and difficulty b_q from the instruction. P_irt = sigmoid(a_q . theta_m - b_q), an
+auxiliary output (its own loss; ``capsat explain`` reads it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: Per attention head: pooled outcome, pooled residual, pooled pool-success, log effective n.
+POOLED_PER_HEAD = 4
+#: Whole-set summaries: accuracy, mean residual, log size.
+SUMMARY_FEATURES = 3
+#: Per task (weighted by the instruction's task posterior): shrunk accuracy, residual,
+#: log(1 + count).
+TASK_FEATURES = 3
+#: Per k of the hard kNN: mean outcome and mean residual of the k most similar items.
+KNN_FEATURES = 2
+#: Pseudo-counts of the candidate's overall accuracy in its per-task / kNN accuracies.
+PRIOR_WEIGHT = 2.0
+EPS = 1e-6
+
+
+@dataclass
+class Evidence:
+    """Evidence of M candidates over one shared pool of N items."""
+
+    embeddings: torch.Tensor  # (N, E) item embeddings (unit length)
+    tasks: torch.Tensor  # (N,) long: the item's task, an index into the router's tasks
+    outcomes: torch.Tensor  # (M, N) the candidate's score on the item, in [0, 1]
+    pool_success: torch.Tensor  # (M, N) the training pool's mean score on it (its difficulty)
+    mask: torch.Tensor  # (M, N) bool: this item is in this candidate's evidence
+
+    def to(self, device) -> "Evidence":
+        return Evidence(*(t.to(device) for t in (self.embeddings, self.tasks, self.outcomes,
+                                                 self.pool_success, self.mask)))
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.mask.shape[0])
+
+    def select(self, rows) -> "Evidence":
+        """The evidence of some candidates (the same item pool)."""
+        return Evidence(self.embeddings, self.tasks, self.outcomes[rows],
+                        self.pool_success[rows], self.mask[rows])
+
+
+@dataclass
+class EncoderOutput:
+    capability: torch.Tensor  # (B, M, C): what the connector turns into soft tokens
+    direct_logit: torch.Tensor  # (B, M)
+    prior_logit: torch.Tensor  # (B, M) logit of the per-task prior the direct logit starts at
+    irt_logit: torch.Tensor  # (B, M) a_q . theta_m - b_q
+    task_logits: torch.Tensor  # (B, T): which of the router's tasks the instruction is
+    ability: torch.Tensor  # (M, D), centred over the M candidates
+    discrimination: torch.Tensor  # (B, D) >= 0
+    difficulty: torch.Tensor  # (B,)
+
+
+def summaries(evidence: Evidence) -> torch.Tensor:
+    """(M, 3): accuracy and mean residual over the candidate's items, and log of their
+    number."""
+    mask = evidence.mask.float()
+    count = mask.sum(dim=1).clamp_min(1.0)
+    accuracy = (evidence.outcomes * mask).sum(dim=1) / count
+    residual = ((evidence.outcomes - evidence.pool_success) * mask).sum(dim=1) / count
+    return torch.stack([accuracy, residual, torch.log(count)], dim=1)
+
+
+def task_statistics(evidence: Evidence, n_tasks: int) -> torch.Tensor:
+    """(M, T, 3) per candidate and task: accuracy shrunk toward the candidate's overall
+    accuracy (``PRIOR_WEIGHT`` pseudo-counts), mean residual shrunk toward 0, log(1 + count)."""
+    mask = evidence.mask.float()
+    one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()  # (N, T)
+    count = mask @ one_hot
+    right = (evidence.outcomes * mask) @ one_hot
+    residual = ((evidence.outcomes - evidence.pool_success) * mask) @ one_hot
+    overall = summaries(evidence)[:, :1]
+    w = PRIOR_WEIGHT
+    return torch.stack([(right + w * overall) / (count + w), residual / (count + w),
+                        torch.log1p(count)], dim=-1)
+
+
+class EvidenceEncoder(nn.Module):
+    def __init__(self, embedding_dim: int, n_tasks: int, *, heads: int = 4, head_dim: int = 32,
+                 cosine_heads: int = 2, knn_ks: tuple[int, ...] = (10, 40), hidden: int = 128,
+                 capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
+        self.cosine_heads, self.knn_ks = cosine_heads, tuple(int(k) for k in knn_ks)
+        self.task_head = nn.Sequential(nn.LayerNorm(embedding_dim),
+                                       nn.Linear(embedding_dim, n_tasks))
+        self.query_keys = nn.Linear(embedding_dim, heads * head_dim)
+        self.item_keys = nn.Linear(embedding_dim, heads * head_dim)
+        # Sharpness of each head (log scale): learned heads start at 10, cosine heads span
+        # 10 (broad) to 100 (nearly the nearest item).
+        self.log_scale = nn.Parameter(torch.full((heads,), math.log(10.0)))
+        self.cosine_log_scale = nn.Parameter(
+            torch.log(torch.logspace(1, 2, cosine_heads)) if cosine_heads else torch.zeros(0))
+        inputs = ((heads + cosine_heads) * POOLED_PER_HEAD + len(self.knn_ks) * KNN_FEATURES
+                  + SUMMARY_FEATURES + TASK_FEATURES)
+        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(inputs, hidden), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, capability_dim),
+                                 nn.GELU())
+        self.readout = nn.Linear(capability_dim, 1)
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+        self.ability_query = nn.Parameter(torch.zeros(head_dim))
+        self.ability_keys = nn.Linear(embedding_dim, head_dim)
+        self.ability_head = nn.Sequential(nn.Linear(head_dim + 2 + SUMMARY_FEATURES, hidden),
+                                          nn.GELU(), nn.Linear(hidden, irt_dim))
+        self.item_head = nn.Sequential(nn.LayerNorm(embedding_dim),
+                                       nn.Linear(embedding_dim, hidden), nn.GELU(),
+                                       nn.Linear(hidden, irt_dim + 1))
+
+    # ---------------------------------------------------------------- parts
+    def item_parameters(self, query_embeddings: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(discrimination a_q (B, D) >= 0, difficulty b_q (B,))."""
+        out = self.item_head(query_embeddings)
+        return nn.functional.softplus(out[:, :-1]), out[:, -1]
+
+    def abilities(self, evidence: Evidence) -> torch.Tensor:
+        """(M, D) abilities, centred over the M candidates (identified: relative to the pool
+        scored together)."""
+        keys = self.ability_keys(evidence.embeddings)  # (N, d)
+        scores = (keys @ self.ability_query / math.sqrt(self.head_dim))[None].expand(
+            evidence.n_candidates, -1)
+        weights = _masked_softmax(scores, evidence.mask)  # (M, N)
+        residual = evidence.outcomes - evidence.pool_success
+        pooled = torch.cat([weights @ keys,
+                            (weights * evidence.outcomes).sum(dim=1, keepdim=True),
+                            (weights * residual).sum(dim=1, keepdim=True),
+                            summaries(evidence)], dim=1)
+        theta = self.ability_head(pooled)
+        return theta - theta.mean(dim=0, keepdim=True) if len(theta) > 1 else theta
+
+    def _knn_features(self, cosine: torch.Tensor, evidence: Evidence) -> torch.Tensor:
+        """(B, M, len(ks) * 2): mean outcome and residual of the k most similar items,
+        shrunk toward the candidate's overall accuracy / 0 like kNN's prior."""
+        batch = cosine.shape[0]
+        masked = cosine[:, None, :].masked_fill(~evidence.mask[None], -4.0)  # (B, M, N)
+        k_max = min(max(self.knn_ks), cosine.shape[1])
+        top, index = masked.topk(k_max, dim=-1)
+        real = (top > -4.0).float()
+        outcomes = torch.gather(evidence.outcomes[None].expand(batch, -1, -1), 2, index)
+        residual = outcomes - torch.gather(evidence.pool_success[None].expand(batch, -1, -1),
+                                           2, index)
+        overall = summaries(evidence)[None, :, 0]
+        w, features = PRIOR_WEIGHT, []
+        for k in self.knn_ks:
+            k = min(k, k_max)
+            n = real[..., :k].sum(-1)
+            features += [((outcomes[..., :k] * real[..., :k]).sum(-1) + w * overall) / (n + w),
+                         (residual[..., :k] * real[..., :k]).sum(-1) / (n + w)]
+        return torch.stack(features, dim=-1)
+
+    def forward(self, query_embeddings: torch.Tensor, evidence: Evidence) -> EncoderOutput:
+        batch, m = query_embeddings.shape[0], evidence.n_candidates
+        h, d = self.heads, self.head_dim
+        q = self.query_keys(query_embeddings).view(batch, h, d)
+        k = self.item_keys(evidence.embeddings).view(-1, h, d)
+        scores = torch.einsum("bhd,nhd->bhn", q, k) * (self.log_scale.exp()[None, :, None]
+                                                       / math.sqrt(d))
+        cosine = query_embeddings @ evidence.embeddings.T  # (B, N)
+        if self.cosine_heads:
+            scores = torch.cat([scores, cosine[:, None] * self.cosine_log_scale.exp()[None, :,
+                                                                                       None]],
+                               dim=1)
+        heads = scores.shape[1]
+        weights = _masked_softmax(scores[:, None].expand(-1, m, -1, -1),
+                                  evidence.mask[None, :, None, :])  # (B, M, H, N)
+        y = evidence.outcomes[None, :, None, :]
+        p = evidence.pool_success[None, :, None, :]
+        pooled = torch.stack([
+            (weights * y).sum(-1), (weights * (y - p)).sum(-1), (weights * p).sum(-1),
+            -torch.log((weights ** 2).sum(-1).clamp_min(EPS))], dim=-1)  # (B, M, H, 4)
+        task_logits = self.task_head(query_embeddings)
+        by_task = torch.einsum("bt,mtf->bmf", torch.softmax(task_logits, dim=-1),
+                               task_statistics(evidence, self.n_tasks))
+        features = torch.cat([
+            pooled.reshape(batch, m, heads * POOLED_PER_HEAD),
+            self._knn_features(cosine, evidence),
+            summaries(evidence)[None].expand(batch, -1, -1), by_task], dim=-1)
+        capability = self.mlp(features)
+        prior = torch.logit(by_task[..., 0].clamp(EPS, 1 - EPS))
+        direct = prior + self.readout(capability)[..., 0]
+        discrimination, difficulty = self.item_parameters(query_embeddings)
+        ability = self.abilities(evidence)
+        irt_logit = discrimination @ ability.T - difficulty[:, None]
+        return EncoderOutput(capability, direct, prior, irt_logit, task_logits, ability,
+                             discrimination, difficulty)
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)
+    return weights * mask  # a candidate without evidence attends to nothing
