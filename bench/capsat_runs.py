@@ -1,28 +1,36 @@
-"""Train, onboard and evaluate one CapSAT router, end to end, on the splits of `capsat eval`.
+"""Train and evaluate one CapSAT router, end to end, on the splits of `capsat eval`, beside the
+baselines on the same rows, with paired bootstrap intervals.
 
-    python bench/capsat_runs.py --name mmlu_pro_all --recipe train/recipes/gpu_default.yaml
-    python bench/capsat_runs.py --name llmrouter --recipe train/recipes/gpu_default.yaml \\
-        -- --data llmrouter
-    python bench/capsat_runs.py --name mmlu_pro_model_split --recipe ... -- --split model
+    python bench/capsat_runs.py --name mmlu_pro_all --recipe train/recipes/cpu_default.yaml
+    python bench/capsat_runs.py --name llmrouter --recipe ... -- --data llmrouter
+    python bench/capsat_runs.py --name mmlu_family --recipe ... --aptitude-items 140,280 \\
+        -- --split family
 
 Everything after ``--`` overrides the recipe, as on `capsat train`'s command line. Steps:
 
-1. train (``train.cli.main``: best router by validation AUC in ``OUT/NAME/train/best``);
-2. with ``--split model``: onboard every held-out model into a copy of that router from its
-   aptitude-test results alone (``CapsatRouter.onboard``, no retraining), in
-   ``OUT/NAME/router``; otherwise ``router`` is the trained one;
-3. evaluate it on the test part of the same split and seed (``capsat eval --routers
-   capsat:PATH``), writing ``OUT/NAME/eval/results.json`` and ``results.md``.
+1. train (``train.cli.main``): the best router by validation in ``OUT/NAME/train/best``;
+2. for every aptitude size (model and family splits; the query split uses the recipe's):
+   ``capsat eval`` on the test part of the same split and seed with ``capsat:PATH`` and the
+   baselines (in a model or family split the harness onboards every held-out model into each
+   router that can, from its results on the aptitude items alone);
+3. paired bootstrap (95%) of CapSAT's routed score and query AUC against every baseline and
+   reference, on the same test queries.
 
-The classic routers' figures on the same splits are in ``bench/results/<data>.json`` (from
-``bench/compare_routers.py``); ``--with-classic`` evaluates them in the same run instead.
+Writes ``OUT/NAME/summary.json`` and ``eval_<items>/results.{json,md}``; ``--results DIR``
+copies the summary and results there (bench/results/...).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
+
+QUERY_BASELINES = ["best_single", "knn", "kmeans", "classifier", "multilabel", "irt", "mf",
+                   "aptitude_prior", "knn_aptitude"]
+ONBOARDING_BASELINES = ["aptitude_prior", "knn_aptitude"]
+REFERENCES = ["best_single", "per_task_best_single"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,57 +41,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="run name: the folder under --out")
     parser.add_argument("--recipe", required=True, help="training recipe (YAML)")
     parser.add_argument("--out", default="runs/capsat_bench")
-    parser.add_argument("--with-classic", default="",
-                        help="comma-separated classic routers to evaluate beside CapSAT")
+    parser.add_argument("--baselines", help="comma-separated routers beside CapSAT (default: "
+                                            "every classic router on a query split, the "
+                                            "onboarding baselines on a model split)")
+    parser.add_argument("--aptitude-items", default="140",
+                        help="comma-separated aptitude test sizes to evaluate with")
     parser.add_argument("--skip-train", action="store_true",
                         help="reuse OUT/NAME/train/best from an earlier run")
+    parser.add_argument("--results", help="also copy summary and results to this folder")
     args = parser.parse_args(argv)
 
-    from capsat.capsat_model.router import CapsatRouter
-    from capsat.evaluation.harness import evaluate
+    from capsat.evaluation.compare import compare
+    from capsat.evaluation.harness import evaluate, format_table
     from data_builders.atomic import write_json
+    from data_builders.splits import MODEL_SPLITS
     from train.cli import main as train_main
     from train.cli import parse
-    from train.data import prepare
 
     root = Path(args.out) / args.name
     train_argv = ["--config", args.recipe, "--output_dir", str(root / "train"), *rest]
-    _, config = parse(train_argv)
+    model_config, config = parse(train_argv)
     started = time.perf_counter()
     if not args.skip_train:
         train_main(train_argv)
     train_seconds = time.perf_counter() - started
-
-    router_dir = root / "train" / "best"
-    onboarded = []
-    if config.split == "model":
-        data = prepare(config)
-        router = CapsatRouter.from_pretrained(str(router_dir))
-        for candidate in data.candidates:
-            if candidate.name not in router.models:
-                router.onboard(candidate.name, candidate.aptitude, candidate.price)
-                onboarded.append(candidate.name)
-        router.save_pretrained(root / "router")  # atomic
-        router_dir = root / "router"
-        del router
-
-    routers = [f"capsat:{router_dir}", *[r for r in args.with_classic.split(",") if r]]
-    started_eval = time.perf_counter()
-    result = evaluate(config.data, config.split, routers, models=config.models or None,
-                      seed=config.seed, test_size=config.test_size,
-                      validation_size=config.validation_size,
-                      held_out=config.held_out or None, out_dir=root / "eval")
+    onboarding = config.split in MODEL_SPLITS
+    baselines = (args.baselines.split(",") if args.baselines
+                 else ONBOARDING_BASELINES if onboarding else QUERY_BASELINES)
+    sizes = [int(x) for x in args.aptitude_items.split(",")]
+    label = "capsat:best"
     summary = {"name": args.name, "recipe": args.recipe, "overrides": rest,
-               "train_seconds": round(train_seconds, 1),
-               "eval_seconds": round(time.perf_counter() - started_eval, 1),
-               "onboarded_held_out_models": onboarded, "split": result.split,
-               "reference": result.reference, "routers": result.routers,
-               "skipped": result.skipped}
+               "train_seconds": round(train_seconds, 1), "evaluations": {}}
+    for size in sizes:
+        t0 = time.perf_counter()
+        result = evaluate(config.data, config.split, [f"capsat:{root / 'train' / 'best'}",
+                                                      *baselines, "oracle"],
+                          models=config.models or None, seed=config.seed,
+                          test_size=config.test_size, validation_size=config.validation_size,
+                          held_out=config.held_out or None, aptitude_items=size,
+                          out_dir=root / f"eval_{size}")
+        print(f"\n## {args.name}, {size} aptitude items\n{format_table(result)}", flush=True)
+        rows = {name: {k: row.get(k) for k in ("routed_accuracy", "query_auc", "auc",
+                                               "log_loss", "ece", "gap_closed",
+                                               "gap_closed_per_task")}
+                for name, row in result.routers.items()}
+        others = [b for b in baselines if b in result.routers] + REFERENCES
+        comparisons = compare(result, label, others) if label in result.routers else {}
+        summary["evaluations"][str(size)] = {
+            "eval_seconds": round(time.perf_counter() - t0, 1), "split": result.split,
+            "reference": {k: v for k, v in result.reference.items()
+                          if k != "per_task_best_models"},
+            "routers": rows, "skipped": result.skipped,
+            "capsat_minus": comparisons}
+        for other, row in comparisons.items():
+            acc = row["routed_accuracy"]
+            line = (f"capsat - {other}: routed {acc['difference']:+.4f} "
+                    f"[{acc['low']:+.4f}, {acc['high']:+.4f}]")
+            if "query_auc" in row:
+                q = row["query_auc"]
+                line += f"; query AUC {q['difference']:+.4f} [{q['low']:+.4f}, {q['high']:+.4f}]"
+            print(line, flush=True)
     write_json(root / "summary.json", summary, indent=2)
-    for label, row in result.routers.items():
-        print(f"{args.name} {label}: AUC {row['auc']:.4f} routed accuracy "
-              f"{row['routed_accuracy']:.4f} log-loss {row['log_loss']:.4f} ECE {row['ece']:.4f}",
-              flush=True)
+    if args.results:
+        target = Path(args.results)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "summary.json", target / "summary.json")
+        for size in sizes:
+            for name in ("results.json", "results.md", "per_task_accuracy.png"):
+                source = root / f"eval_{size}" / name
+                if source.exists():
+                    shutil.copy(source, target / f"eval_{size}_{name}")
+        for name in ("log.jsonl", "train_summary.json"):
+            source = root / "train" / name
+            if source.exists():
+                shutil.copy(source, target / name)
     return 0
 
 

@@ -202,7 +202,7 @@ def cmd_train(args, rest: list[str]) -> int:
     return subprocess.call(command)
 
 
-def _read_aptitude(path: str):
+def _read_aptitude(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             values = json.load(fh)
@@ -211,31 +211,53 @@ def _read_aptitude(path: str):
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON: {err.msg}", file=path, line=err.lineno) from None
     if not isinstance(values, dict):
-        raise DataError("expected an object mapping task -> accuracy (or item id -> score)",
-                        file=path)
+        raise DataError("expected an object mapping core item id -> score (or task -> "
+                        "accuracy)", file=path)
     return values
 
 
 def cmd_onboard(args) -> int:
     from pathlib import Path
 
-    from .capsat_model.router import CapsatRouter
+    from .routing.resolve import resolve_router
 
     local = Path(args.router).is_dir()
     if args.out is None and not local:
         raise DataError(f"{args.router!r} is not a folder of yours: name the folder to write the "
                         f"onboarded router to with --out", field="--out")
     out = args.out or args.router
-    aptitude = _read_aptitude(args.aptitude)
+    results = _read_aptitude(args.aptitude)
     price = _json_option(args.price, "--price")
-    router = CapsatRouter.from_pretrained(args.router)
-    if args.name in router.candidates and not args.replace:
+    router = resolve_router(args.router).router
+    if not router.can_onboard:
+        raise DataError(f"a {router.name} router cannot onboard a new model (routers that can: "
+                        f"capsat, aptitude_prior, knn_aptitude)", field="--router")
+    if args.name in router.models and not args.replace:
         raise DataError(f"{args.name!r} is already a candidate of {args.router}; pass "
                         f"--replace to update it", field="--name")
-    candidate = router.onboard(args.name, aptitude, price=price, replace=args.replace)
-    router.save_pretrained(out)
-    print(f"onboarded {args.name!r} into {out} ({len(router.models)} candidates)\n"
-          f"representation: {candidate.representation}")
+    router.onboard(args.name, results, price=price, replace=args.replace)
+    router.save(out)
+    print(f"onboarded {args.name!r} into {out} ({len(router.models)} candidates) from "
+          f"{len(results)} aptitude results")
+    return 0
+
+
+def cmd_aptitude_export(args) -> int:
+    from data_builders.atomic import atomic_open
+
+    from .routing.resolve import resolve_router
+
+    router = resolve_router(args.router).router
+    items = getattr(router, "aptitude_items", None)
+    if not items:
+        raise DataError(f"the {router.name} router ships no aptitude items", field="--router")
+    with atomic_open(args.out) as fh:
+        for item in items:
+            fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+    gradable = sum(item.grading != "none" for item in items)
+    tasks = sorted({item.task for item in items})
+    print(f"wrote {args.out}: {len(items)} aptitude items over {len(tasks)} tasks "
+          f"({gradable} with a reference answer and a grading rule)")
     return 0
 
 
@@ -413,17 +435,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     on = command("onboard", help="add a model to a CapSAT router from its aptitude-test "
                                  "results alone (no retraining)")
-    on.add_argument("--router", required=True, help="CapSAT router: a folder, 'default' or a "
-                                                    "hub id")
+    on.add_argument("--router", required=True, help="a router that onboards (capsat, "
+                                                    "aptitude_prior, knn_aptitude): a folder, "
+                                                    "'default' or a hub id")
     on.add_argument("--out", help="folder to write the router with the new candidate to "
                                   "(required unless --router is a folder of yours, which is "
                                   "then updated in place, atomically)")
     on.add_argument("--name", required=True, help="the new candidate's name")
-    on.add_argument("--aptitude", required=True, help="JSON file: task -> accuracy on the "
-                                                      "router's core items")
+    on.add_argument("--aptitude", required=True,
+                    help="JSON file: core item id -> the model's score on it (its answers to "
+                         "`capsat aptitude export`'s items); task -> accuracy is accepted with "
+                         "a warning (the weaker input)")
     on.add_argument("--price", help='JSON object, e.g. {"input_price": 0.2, "output_price": 0.2}')
     on.add_argument("--replace", action="store_true", help="update an existing candidate")
     on.set_defaults(func=cmd_onboard)
+
+    ap = command("aptitude", help="the aptitude test a new model takes to be onboarded")
+    apt = ap.add_subparsers(dest="aptitude_command", required=True)
+    export = apt.add_parser("export", help="write a router's aptitude items (id, task, "
+                                           "question, choices, reference answer, grading rule) "
+                                           "as JSONL")
+    export.add_argument("router", help="a CapSAT router: a folder, 'default' or a hub id")
+    export.add_argument("out", help="the JSONL file to write")
+    export.set_defaults(func=cmd_aptitude_export)
 
     ex = command("explain", help="write a CapSAT router's IRT parameters: model abilities, "
                                  "query difficulty and discrimination")

@@ -4,6 +4,7 @@ for `capsat route` (``log``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,13 +26,9 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_prepare(args) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .aptitude import represent_models, task_keywords
-    from .atomic import atomic_path, write_json
+    from .aptitude import aptitude_items
+    from .atomic import atomic_open, write_json
     from .experiment import prepare_experiment
-    from .kshot import build_kshot_groups, groups_per_model
 
     out = Path(args.out)
     experiment = prepare_experiment(args.data, args.split, models=_csv(args.models),
@@ -39,34 +36,25 @@ def cmd_prepare(args) -> int:
                                     test_size=args.test_size,
                                     validation_size=args.validation_size,
                                     k_per_task=args.k_per_task)
-    table, split, aptitude = experiment.table, experiment.split, experiment.aptitude
+    split, aptitude = experiment.split, experiment.aptitude
     for note in experiment.notes:
         print(f"in: {note}")
-    train, validation, _ = experiment.parts()
     print(f"split: {args.split}, seed {args.seed}: {split.sizes()}")
-    keywords = task_keywords(table.subset(list(split.train)), n=args.keywords)
-    # Every model is described by its core-item scores (held-out ones: their onboarding).
-    representations = represent_models(aptitude, table.subset(list(split.train)), keywords)
     print(f"aptitude test: {len(aptitude.item_ids)} core items chosen on the train queries of "
           f"{len(split.train_models)} train models ({args.k_per_task} per task x "
           f"{len(aptitude.tasks)} tasks)")
+    items = aptitude_items(experiment.table, aptitude)
+    with atomic_open(out / "aptitude_items.jsonl") as fh:
+        for item in items:
+            fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
     written = [write_json(out / "split.json", split.to_json()),
                write_json(out / "aptitude.json", aptitude.to_json()),
-               write_json(out / "keywords.json", keywords),
-               write_json(out / "representations.json", representations)]
-    counts = {"split": split.sizes(), "core_items": len(aptitude.item_ids)}
-    for part, part_table in (("train", train), ("validation", validation)):
-        groups = build_kshot_groups(part_table, args.kshot, args.seed, exclude=aptitude)
-        with atomic_path(out / f"kshot_{part}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pandas(groups, preserve_index=False), tmp)
-        written.append(out / f"kshot_{part}.parquet")
-        per_model = groups_per_model(groups)
-        counts[f"kshot_{part}"] = len(groups)
-        counts[f"kshot_{part}_per_model"] = per_model
-        low, high = (min(per_model.values()), max(per_model.values())) if per_model else (0, 0)
-        print(f"out: {part} k-shot groups (k={args.kshot}): {len(groups)} "
-              f"({low} to {high} per model, {len(per_model)} models)")
-    written.append(write_json(out / "counts.json", counts))
+               out / "aptitude_items.jsonl",
+               write_json(out / "counts.json", {
+                   "split": split.sizes(), "core_items": len(aptitude.item_ids),
+                   "gradable_items": sum(i.grading != "none" for i in items),
+                   "aptitude_results": {m: len(r) for m, r in
+                                        experiment.aptitude_results().items()}})]
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -99,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     ins = sub.add_parser("prepare", help="split a data set, choose the aptitude test's core "
-                                         "items and write what CapSAT training reads (split, "
-                                         "aptitude test, representations, k-shot groups)")
+                                         "items and write the split, the test and its items "
+                                         "(question, options, reference answer)")
     ins.add_argument("--data", required=True, help="a shipped data set name or an outcome file")
     ins.add_argument("--split", default="query", choices=list(SPLIT_KINDS))
     ins.add_argument("--seed", type=int, default=0, help="seed of the split, the core-item "
@@ -112,9 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--held-out", help="models (--split model) or tasks (--split task) to "
                                         "hold out; default: a seeded share")
     ins.add_argument("--k-per-task", type=int, default=10, help="core items per task")
-    ins.add_argument("--keywords", type=int, default=5, help="keywords per task description")
-    ins.add_argument("--kshot", type=int, default=4,
-                     help="instructions per k-shot group (one right, k-1 wrong)")
     ins.add_argument("--out", required=True, help="output directory")
     ins.set_defaults(func=cmd_prepare)
 

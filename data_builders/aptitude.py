@@ -1,16 +1,18 @@
-"""The Model-SAT aptitude test: a few core items per task, and the text that describes a model.
-
-A model is represented by its accuracy on ``k`` core items of every task, rendered as text
-(``The model achieves accuracy 45.0% on the task of "math: equation, integral, ...", ...``);
-a new model is onboarded by answering the core items only. Core items are chosen from the
+"""The Model-SAT aptitude test: a few core items per task that a new model answers to be
+onboarded (``AptitudeItem``: its text, options, reference answer and grading rule), and its
+scores on them (``score_models``, ``check_item_results``). Core items are chosen from the
 train part of a split, and must never be used for evaluation: ``AptitudeTest.item_ids``,
 ``check_not_in`` and ``exclude_core_items`` keep them out.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -190,7 +192,7 @@ def score_models(test: AptitudeTest, table: OutcomeTable,
 
     A model with no score on any core item of a task gets NaN there and a
     ``MissingAptitudeScore`` warning: scoring stays possible (e.g. to inspect a partial
-    onboarding), while ``render_representation`` refuses to describe a model with a NaN.
+    onboarding).
     """
     _check_items_known(test, table)
     models = table.models if models is None else table.check_models(models)
@@ -207,71 +209,77 @@ def score_models(test: AptitudeTest, table: OutcomeTable,
     return accuracy
 
 
-# ----------------------------------------------------------------------- keywords
-def task_keywords(train: OutcomeTable, n: int = 5) -> dict[str, str]:
-    """``task -> "task: term, term, ..."``: ``n`` terms that mark the task's train queries.
+# ----------------------------------------------------------------- items to take
+#: Option letters of a multiple-choice item: "A) ..." lines of its text.
+OPTION_LINE = re.compile(r"^([A-Z])\) ", re.MULTILINE)
+GRADINGS = ("multiple_choice", "none")
 
-    Each query is a TF-IDF vector (sklearn); a term's weight for a task is ``a * log(a / b)``
-    with ``a`` its mean TF-IDF over the task's queries and ``b`` the mean of that over the other
-    tasks: frequent in the task (plain mean TF-IDF would pick "following", "question") and
-    rarer elsewhere (class TF-IDF alone picks one-off words such as names). Words of the task
-    name are not repeated; ties go alphabetically, so the result is deterministic.
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise DataError(f"n must be a non-negative integer, got {n!r}", field="n")
-    tasks = sorted(train.queries["task"].unique())
-    if n == 0:
-        return {t: t for t in tasks}
-    # Words of three letters or more: option letters and numbers say nothing about a task.
-    vectorizer = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_]{3,}\b",
-                                 sublinear_tf=True, lowercase=True)
-    try:
-        weights = vectorizer.fit_transform(train.queries["query"])
-    except ValueError as err:  # sklearn: no word survives the token pattern and stop words
-        raise DataError(f"no keyword can be drawn from the queries of {train.name!r} ({err})",
-                        field="query") from err
-    terms = vectorizer.get_feature_names_out()
-    task_of = train.queries["task"].to_numpy()
-    means = np.vstack([np.asarray(weights[task_of == t].mean(axis=0)).ravel() for t in tasks])
-    floor = 1e-4  # keeps log finite for terms absent from the other tasks
-    out = {}
-    for i, task in enumerate(tasks):
-        others = np.delete(means, i, axis=0).mean(axis=0) if len(tasks) > 1 else 0.0
-        score = means[i] * np.log((means[i] + floor) / (others + floor))
-        name_words = set(task.casefold().split())
-        order = sorted(np.flatnonzero(score > 0), key=lambda j: (-score[j], terms[j]))
-        picked = [terms[j] for j in order if terms[j] not in name_words][:n]
-        out[task] = f"{task}: {', '.join(picked)}" if picked else task
+@dataclass(frozen=True)
+class AptitudeItem:
+    """One core item of the aptitude test, as a new model takes it."""
+
+    id: str
+    task: str
+    question: str  # the full text the candidates saw (options included)
+    choices: list | None  # option letters of a multiple-choice item
+    answer: str | None  # the reference answer (None: the source has none; not gradable)
+    grading: str  # "multiple_choice" (the option letter must equal the answer) or "none"
+
+    @classmethod
+    def of(cls, item_id: str, task: str, question: str, answer: str | None) -> "AptitudeItem":
+        letters = OPTION_LINE.findall(question)
+        multiple = bool(letters) and answer in letters
+        return cls(item_id, task, question, letters or None, answer,
+                   "multiple_choice" if multiple else "none")
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "task": self.task, "question": self.question,
+                "choices": self.choices, "answer": self.answer, "grading": self.grading}
+
+    @classmethod
+    def from_json(cls, values: dict, *, file: str | None = None, line: int | None = None
+                  ) -> "AptitudeItem":
+        if not isinstance(values, dict):
+            raise DataError("an aptitude item must be a JSON object", file=file, line=line)
+        for name in ("id", "task", "question", "choices", "answer", "grading"):
+            if name not in values:
+                raise DataError("missing field", file=file, line=line, field=name)
+        if values["grading"] not in GRADINGS:
+            raise DataError(f"unknown grading {values['grading']!r}; known: {GRADINGS}",
+                            file=file, line=line, field="grading")
+        return cls(str(values["id"]), str(values["task"]), str(values["question"]),
+                   values["choices"], values["answer"], values["grading"])
+
+
+def aptitude_items(table: OutcomeTable, test: AptitudeTest) -> list[AptitudeItem]:
+    """The core items as a new model takes them: text, options, reference answer (the table's
+    ``answer`` column where it has one)."""
+    _check_items_known(test, table)
+    answers = table.queries["answer"] if "answer" in table.queries else None
+    out = []
+    for task in test.tasks:
+        for q in test.items[task]:
+            answer = None if answers is None or answers.isna()[q] else str(answers[q])
+            out.append(AptitudeItem.of(q, task, table.queries.at[q, "query"], answer))
     return out
 
 
-# ------------------------------------------------------------------ representation
-def render_representation(task_accuracy: Mapping[str, float], keywords: Mapping[str, str]
-                          ) -> str:
-    """``The model achieves accuracy 45.0% on the task of "math: ...", accuracy ...``, tasks in
-    sorted order. Raises DataError for a task without keywords or with an unknown accuracy."""
-    if not task_accuracy:
-        raise DataError("no task accuracy to describe", field="task")
-    parts = []
-    for task in sorted(task_accuracy):
-        value = task_accuracy[task]
-        if task not in keywords:
-            raise DataError(f"no keywords for task {task!r}", field="task")
-        if value is None or not np.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise DataError(f"accuracy on task {task!r} must be in [0, 1], got {value!r}",
-                            field="task")
-        parts.append(f'accuracy {100 * float(value):.1f}% on the task of "{keywords[task]}"')
-    return "The model achieves " + ", ".join(parts) + "."
-
-
-def represent_models(test: AptitudeTest, table: OutcomeTable, keywords: Mapping[str, str],
-                     models: Iterable[str] | None = None) -> dict[str, str]:
-    """model -> its text representation, from its scores on the core items in ``table``."""
-    accuracy = score_models(test, table, models)
-    return {m: render_representation(accuracy.loc[m].to_dict(), keywords)
-            for m in accuracy.index}
+def read_aptitude_items(path: str | os.PathLike) -> list[AptitudeItem]:
+    """A JSONL file of aptitude items, validated line by line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file", file=str(path))
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON: {err.msg}", file=str(path),
+                                line=line_no) from None
+            items.append(AptitudeItem.from_json(values, file=str(path), line=line_no))
+    return items
 
 
 def check_item_results(test: AptitudeTest | None, results: Mapping[str, float]

@@ -3,26 +3,22 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
-import numpy as np
 import pytest
 
 from data_builders.aptitude import (
     AptitudeTest,
     MissingAptitudeScore,
     exclude_core_items,
-    render_representation,
-    represent_models,
+    AptitudeItem,
+    aptitude_items,
+    check_item_results,
+    read_aptitude_items,
     score_models,
     select_core_items,
-    task_keywords,
 )
 from data_builders.errors import DataError
 from data_builders.splits import make_split
-
-PHRASE = re.compile(r'accuracy (\d+\.\d)% on the task of "([^"]+)"')
-
 
 @pytest.fixture(scope="module")
 def setting(mmlu_pro):
@@ -36,7 +32,7 @@ def small_setting(mmlu_small):
     split = make_split(mmlu_small, "model", seed=0, held_out_models=["gemma-7b"])
     train, _, _ = split.tables(mmlu_small)
     test = select_core_items(train, 5, seed=0)
-    return split, train, test, task_keywords(train, n=4)
+    return split, train, test
 
 
 def test_core_items_come_from_train_and_never_from_evaluation(mmlu_pro, setting):
@@ -91,7 +87,7 @@ def test_aptitude_test_json_round_trip(setting):
 
 
 def test_score_models_matches_a_direct_count(mmlu_small, small_setting):
-    _, _, test, _ = small_setting
+    _, _, test = small_setting
     accuracy = score_models(test, mmlu_small)
     assert list(accuracy.index) == mmlu_small.models and list(accuracy.columns) == test.tasks
     for model in mmlu_small.models:
@@ -110,34 +106,37 @@ def test_missing_core_scores_give_nan_with_a_warning(mmlu_pro):
     assert math.isnan(accuracy.at["DeepSeek-Coder-V2", "math"])
     assert not math.isnan(accuracy.at["DeepSeek-Coder-V2", "law"])
     assert not accuracy.drop(index="DeepSeek-Coder-V2").isna().any().any()
-    keywords = {"math": "math", "law": "law"}
-    with pytest.raises(DataError, match="math"):
-        render_representation(accuracy.loc["DeepSeek-Coder-V2"].to_dict(), keywords)
 
 
-def test_task_keywords_are_short_task_phrases(small_setting):
-    _, train, _, keywords = small_setting
-    assert set(keywords) == {"math", "law", "biology", "history"}
-    for task, phrase in keywords.items():
-        assert phrase.startswith(f"{task}: ")
-        terms = phrase[len(task) + 2:].split(", ")
-        assert len(terms) == 4 and len(set(terms)) == 4 and task not in terms
-        text = " ".join(train.queries.loc[train.queries["task"] == task, "query"]).casefold()
-        assert all(term in text for term in terms)
-    assert task_keywords(train, n=4) == keywords
+def test_aptitude_items_carry_question_options_and_answer(mmlu_pro, setting, tmp_path):
+    """What a new model takes: the question as the candidates saw it, its option letters and
+    the reference answer (MMLU-Pro's key), round-tripped through JSONL."""
+    _, train, test = setting
+    items = aptitude_items(mmlu_pro, test)
+    assert [i.id for i in items] == [q for t in test.tasks for q in test.items[t]]
+    for item in items:
+        assert item.question == mmlu_pro.queries.at[item.id, "query"]
+        assert item.grading == "multiple_choice" and item.answer in item.choices
+        assert item.choices[0] == "A" and f"\n{item.answer}) " in item.question
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(i.to_json()) + "\n" for i in items))
+    assert read_aptitude_items(path) == items
+    path.write_text(json.dumps({**items[0].to_json(), "grading": "vibes"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_aptitude_items(path)
+    assert err.value.line == 1 and err.value.field == "grading"
+    # No reference answer (a source without keys): kept, but not gradable.
+    assert AptitudeItem.of("q", "t", "A) yes\nB) no", None).grading == "none"
 
 
-def test_representations_state_every_task_accuracy(mmlu_small, small_setting):
-    split, _, test, keywords = small_setting
-    representations = represent_models(test, mmlu_small, keywords)
-    assert set(representations) == set(mmlu_small.models)
-    task_of_phrase = {phrase: task for task, phrase in keywords.items()}
-    for model, text in representations.items():
-        assert text.startswith("The model achieves accuracy ")
-        stated = {task_of_phrase[phrase]: float(value) for value, phrase in PHRASE.findall(text)}
-        assert list(stated) == sorted(keywords)
-        for task, ids in test.items.items():
-            expected = 100 * np.mean([mmlu_small.scores.at[q, model] for q in ids])
-            assert stated[task] == pytest.approx(round(expected, 1)), (model, task)
-    # Models differ, so their descriptions do too.
-    assert len(set(representations.values())) == len(representations)
+def test_item_results_are_checked_against_the_test(setting):
+    _, _, test = setting
+    results = {q: 1.0 for q in test.item_ids}
+    assert check_item_results(test, results) == results
+    with pytest.raises(DataError, match="not on the aptitude"):
+        check_item_results(test, {**results, "elsewhere/1": 1.0})
+    one_task = {q: 1.0 for q in test.items[test.tasks[0]]}
+    with pytest.raises(DataError, match="no core-item result"):
+        check_item_results(test, one_task)
+    with pytest.raises(DataError, match="in \\[0, 1\\]"):
+        check_item_results(test, {q: 1.5 for q in test.item_ids})

@@ -1,7 +1,8 @@
-"""The CapSAT router: scoring, save_pretrained / from_pretrained, onboarding, eval, explain.
+"""The CapSAT router (v3): evidence encoder, packed scoring, save_pretrained / from_pretrained,
+onboarding from aptitude results, eval, explain.
 
 A tiny llama saved as a local base-model folder stands in for SmolLM2 (tests/tiny_llm.py);
-the real embedded model is exercised by the test marked slow.
+the real embedded model is exercised by the tests marked slow.
 """
 from __future__ import annotations
 
@@ -10,35 +11,46 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from capsat.capsat_model.config import CapsatConfig
 from capsat.capsat_model.explain import explain
-from capsat.capsat_model.router import CapsatRouter
+from capsat.capsat_model.router import CapsatRouter, WeakAptitudeInput
 from capsat.cli import main as cli_main
 from capsat.evaluation import evaluate
 from capsat.routers import Router
 from capsat.routers.provenance import Provenance
 from data_builders import DataError
-from data_builders.splits import make_split
 from train.config import TrainConfig
 from train.data import prepare
 
-SMALL = CapsatConfig(max_instruction_tokens=24, n_soft_tokens=2, connector_hidden=32, irt_dim=4,
+SMALL = CapsatConfig(max_instruction_tokens=24, instruction_head_tokens=12, n_soft_tokens=2,
+                     connector_hidden=32, capability_dim=32, encoder_hidden=32, irt_dim=4,
                      lora_r=2)
 
 
 @pytest.fixture(scope="module")
 def data(small_data_path):
-    return prepare(TrainConfig(data=small_data_path, k_per_task=3))
+    return prepare(TrainConfig(data=small_data_path, k_per_task=3), progress=False)
+
+
+def make_router(data, tiny_base, **overrides) -> CapsatRouter:
+    config = dataclasses.replace(SMALL, base_model=tiny_base, **overrides)
+    return CapsatRouter.create(config, data.bank, data.train_models, data.tasks,
+                               aptitude=data.aptitude, aptitude_items=data.aptitude_items)
 
 
 @pytest.fixture(scope="module")
 def router(data, tiny_base):
-    config = dataclasses.replace(SMALL, base_model=tiny_base)
-    return CapsatRouter.create(config, data.candidates, data.aptitude.tasks, data.keywords)
+    router = make_router(data, tiny_base)
+    with torch.no_grad():  # a readout that is not zero, so the encoder's correction shows
+        router.network.encoder.readout.weight.normal_(0, 0.5)
+        router.network.gate.fill_(0.5)
+    return router
 
 
 def test_scores_every_candidate_in_one_pass(router, data):
@@ -46,17 +58,47 @@ def test_scores_every_candidate_in_one_pass(router, data):
     probs = router.predict_proba(texts)
     assert probs.shape == (4, len(router.models))
     assert ((probs > 0) & (probs < 1)).all()
-    # Candidates differ only by their soft tokens, and that is enough to separate them.
-    assert np.ptp(probs, axis=1).min() > 0
-    # A candidate scored in the packed pool gets what it gets scored alone.
-    full_models, full_features = list(router.models), router.features.clone()
+    assert np.ptp(probs, axis=1).min() > 0  # candidates differ by their evidence alone
+    # A candidate scored in the pool gets what it gets scored alone: the encoder reads only
+    # its own evidence and the packed mask keeps the candidates' soft tokens apart.
+    network, j = router.network, 2
+    embeddings = torch.from_numpy(router.embed(router_queries(texts)).astype(np.float32))
+    with torch.no_grad():
+        alone = network(embeddings, router.bank.evidence(np.array([j])),
+                        network.pack_queries(texts, 1)).logits[:, 0]
+    np.testing.assert_allclose(torch.sigmoid(alone).numpy(), probs[:, j], atol=1e-5)
+
+
+def router_queries(texts):
+    from capsat.routers import Queries
+
+    return Queries(list(texts))
+
+
+def test_the_llm_changes_the_answer_through_the_gate(router, data):
+    texts = data.validation.texts[:3]
+    with_llm = router.predict_proba(texts)
+    router.read_through_llm = False
     try:
-        j = 2
-        router.models, router.features = [full_models[j]], full_features[[j]]
-        alone = router.predict_proba(texts)
+        direct = router.predict_proba(texts)
     finally:
-        router.models, router.features = full_models, full_features
-    np.testing.assert_allclose(alone[:, 0], probs[:, j], atol=1e-5)
+        router.read_through_llm = True
+    assert not np.allclose(with_llm, direct)  # gate 0.5: the LLM's Yes/No moves P
+    with torch.no_grad():
+        router.network.gate.fill_(0.0)
+        try:
+            np.testing.assert_allclose(router.predict_proba(texts), direct, atol=1e-6)
+        finally:
+            router.network.gate.fill_(0.5)
+
+
+def test_instructions_keep_their_head_and_tail(router, data):
+    network = router.network
+    long_text = max(data.validation.texts, key=len)
+    ids = network.tokenizer.encode(long_text, add_special_tokens=False)
+    assert len(ids) > SMALL.max_instruction_tokens
+    kept = network.instruction_ids(long_text)[len(network.head_ids):-len(network.middle_ids)]
+    assert kept == ids[:12] + ids[-12:]  # the options at the end survive the cut
 
 
 def test_scoring_progress_bar_can_be_turned_off(router, data, capsys):
@@ -76,22 +118,28 @@ def test_lora_targets_exist_and_base_is_frozen(router):
     names = {n.rsplit(".", 1)[-1] for n, _ in network.llm.named_modules()}
     assert set(network.lora_targets) <= names
     lora = [n for n, p in network.llm.named_parameters() if "lora_" in n and p.requires_grad]
-    frozen = [n for n, p in network.llm.named_parameters() if "lora_" not in n]
     assert len(lora) == 2 * len(network.lora_targets) * network.llm.config.num_hidden_layers
-    assert not any(p.requires_grad for n, p in network.llm.named_parameters() if n in frozen)
+    assert not any(p.requires_grad for n, p in network.llm.named_parameters()
+                   if "lora_" not in n)
 
 
 def test_save_pretrained_and_load_in_a_fresh_process(router, data, tmp_path):
     router.save_pretrained(tmp_path / "r")
     files = {p.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("*")
              if p.is_file()}
-    assert {"config.json", "heads.safetensors", "registry.json", "README.md", "router.json",
+    assert {"config.json", "heads.safetensors", "evidence.safetensors", "registry.json",
+            "aptitude_items.jsonl", "README.md", "router.json",
             "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".pickle"))]
     adapter = json.loads((tmp_path / "r" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == router.config.base_model
     registry = json.loads((tmp_path / "r" / "registry.json").read_text())
     assert registry["models"] == router.models and registry["tasks"] == router.tasks
+    items = [json.loads(line) for line in
+             (tmp_path / "r" / "aptitude_items.jsonl").read_text().splitlines()]
+    assert {i["id"] for i in items} == set(data.aptitude.item_ids)
+    assert all(i["grading"] == "multiple_choice" and i["answer"] in i["choices"]
+               for i in items)  # MMLU-Pro keys travel with the router
     texts = data.validation.texts[:3]
     expected = router.predict_proba(texts)
     script = ("import json, sys; from capsat.routers import Router; "
@@ -99,8 +147,8 @@ def test_save_pretrained_and_load_in_a_fresh_process(router, data, tmp_path):
               "print(json.dumps(r.predict_proba(json.loads(sys.argv[2])).tolist()))")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r"), json.dumps(texts)],
                          capture_output=True, text=True, check=True, timeout=300)
-    np.testing.assert_array_equal(np.array(json.loads(out.stdout.strip().splitlines()[-1])),
-                                  expected)
+    np.testing.assert_allclose(np.array(json.loads(out.stdout.strip().splitlines()[-1])),
+                               expected, atol=1e-6)
 
 
 def test_saved_config_must_be_complete(router, tmp_path):
@@ -112,33 +160,49 @@ def test_saved_config_must_be_complete(router, tmp_path):
         CapsatRouter.from_pretrained(tmp_path / "r")
 
 
-def test_onboarding_adds_a_model_without_retraining(router, data, tmp_path):
+def test_onboarding_adds_a_model_from_its_aptitude_results(router, data, tmp_path):
     router.save_pretrained(tmp_path / "r")
-    newcomer = data.candidates[0]
-    aptitude = tmp_path / "aptitude.json"
-    aptitude.write_text(json.dumps(newcomer.aptitude))
-    assert cli_main(["onboard", "--router", str(tmp_path / "r"), "--name", "newcomer",
-                     "--aptitude", str(aptitude), "--price", '{"input_price": 0.1}']) == 0
     loaded = CapsatRouter.from_pretrained(tmp_path / "r")
-    assert loaded.models[-1] == "newcomer" and loaded.candidates["newcomer"].price
-    probs = loaded.predict_proba(data.validation.texts[:2], ["newcomer", newcomer.name])
-    # Same aptitude results -> same representation -> same soft tokens -> same scores.
-    np.testing.assert_allclose(probs[:, 0], probs[:, 1], atol=1e-6)
-    with pytest.raises(ValueError, match="already"):
-        loaded.onboard("newcomer", newcomer.aptitude)
-    with pytest.raises(DataError, match="unknown task"):
-        loaded.onboard("other", {"astrology": 0.5})
-    partial = dict(list(newcomer.aptitude.items())[:1])
-    with pytest.raises(DataError, match="no aptitude result"):
-        loaded.onboard("other", partial)
+    texts = data.validation.texts[:3]
+    before = loaded.predict_proba(texts)
+    model = data.split.train_models[0]
+    results = {q: float(data.table.scores.at[q, model]) for q in data.aptitude.item_ids}
+    candidate = loaded.onboard("twin-a", results, price={"input_price": 0.1})
+    loaded.onboard("twin-b", results)
+    assert candidate.kind == "onboarded" and candidate.onboarding["items"] == len(results)
+    assert len(candidate.fitted_ability) == SMALL.irt_dim
+    after = loaded.predict_proba(texts)
+    # Onboarding touches no other candidate; the same answers give the same scores.
+    np.testing.assert_allclose(after[:, :len(before[0])], before, atol=1e-6)
+    np.testing.assert_allclose(after[:, -1], after[:, -2], atol=1e-6)
+    # A model that got everything wrong on the test ranks below one that got it all right.
+    loaded.onboard("all-wrong", {q: 0.0 for q in results})
+    loaded.onboard("all-right", {q: 1.0 for q in results})
+    p = loaded.predict_proba(texts, ["all-wrong", "all-right"])
+    assert (p[:, 0] < p[:, 1]).all()
+    with pytest.raises(DataError, match="already a candidate"):
+        loaded.onboard("twin-a", results)
+    with pytest.raises(DataError, match="not on this router's items"):
+        loaded.onboard("other", {"no/such/item": 1.0})
+    with pytest.raises(DataError, match="in \\[0, 1\\]"):
+        loaded.onboard("other", {q: 2.0 for q in results})
+    with pytest.warns(WeakAptitudeInput):
+        loaded.onboard("by-task", {t: 0.5 for t in loaded.tasks})
+    with pytest.raises(DataError, match="no accuracy for task"):
+        loaded.onboard("partial", {loaded.tasks[0]: 0.5})
+    loaded.save_pretrained(tmp_path / "o")
+    again = CapsatRouter.from_pretrained(tmp_path / "o")
+    assert again.candidates["twin-a"].price == {"input_price": 0.1}
+    np.testing.assert_allclose(again.predict_proba(texts, ["all-wrong", "all-right"]), p,
+                               atol=1e-6)
 
 
 def test_capsat_in_the_eval_harness_and_explain(router, data, small_data_path, tmp_path):
-    # What training records: the train and validation parts (the trainer adds core items).
-    router.fitted_on = Provenance.from_tables(data.train, data.validation, split="query",
-                                              seed=0)
+    router.fitted_on = Provenance.from_tables(data.table.subset(data.bank.item_ids),
+                                              data.validation, split="query", seed=0)
     router.save_pretrained(tmp_path / "r")
-    result = evaluate(small_data_path, "query", f"best_single,capsat:{tmp_path / 'r'},capsat")
+    result = evaluate(small_data_path, "query", f"best_single,capsat:{tmp_path / 'r'},capsat",
+                      aptitude_items=12)
     assert "capsat train" in result.skipped["capsat"]
     row = result.routers["capsat:r"]
     for metric in ("routed_accuracy", "auc", "query_auc", "log_loss", "ece", "gap_closed",
@@ -156,12 +220,13 @@ def test_capsat_in_the_eval_harness_and_explain(router, data, small_data_path, t
     finally:
         router.fitted_on = kept
     refused = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'leaky'},"
-                                                 f"capsat:{tmp_path / 'unknown'}")
+                                                 f"capsat:{tmp_path / 'unknown'}",
+                       aptitude_items=12)
     assert "fitted on 2 of these test queries" in refused.skipped["capsat:leaky"]
     assert "--allow-unknown-provenance" in refused.skipped["capsat:unknown"]
     assert not refused.routers
     allowed = evaluate(small_data_path, "query", f"capsat:{tmp_path / 'unknown'}",
-                       allow_unknown_provenance=True)
+                       allow_unknown_provenance=True, aptitude_items=12)
     assert set(allowed.routers) == {"capsat:unknown"}
     with pytest.raises(DataError, match="--allow-unknown-provenance"):
         explain(str(tmp_path / "unknown"), small_data_path, max_queries=20)
@@ -171,12 +236,32 @@ def test_capsat_in_the_eval_harness_and_explain(router, data, small_data_path, t
     summary = report["summary"]
     assert summary["queries"] == 20 and set(summary["spearman_difficulty_vs_accuracy_per_task"])
     assert list(report["abilities"].index) == router.models
+    assert {"ability_score", "fitted_ability_score", "kind"} <= set(report["abilities"])
     assert (tmp_path / "x" / "abilities.csv").exists() and (tmp_path / "x" / "queries.csv").exists()
 
 
+def test_capsat_onboards_held_out_models_in_a_model_split(data, tiny_base, small_data_path,
+                                                          tmp_path):
+    """A model split: the harness onboards the held-out model into CapSAT from its aptitude
+    results alone, and the reference best single model is picked on those results too."""
+    held = prepare(TrainConfig(data=small_data_path, split="model", held_out=["gemma-7b"],
+                               k_per_task=3), progress=False)
+    assert "gemma-7b" not in held.train_models
+    router = make_router(held, tiny_base)
+    router.fitted_on = Provenance.from_tables(held.table.subset(held.bank.item_ids,
+                                                                held.train_models),
+                                              split="model", seed=0)
+    router.save_pretrained(tmp_path / "r")
+    result = evaluate(small_data_path, "model", f"capsat:{tmp_path / 'r'},aptitude_prior,knn",
+                      held_out=["gemma-7b"], aptitude_items=12)
+    assert result.models == ["gemma-7b"] and "capsat:r" in result.routers
+    assert "aptitude_prior" in result.routers and "cannot onboard" in result.skipped["knn"]
+    assert result.reference["chosen_on"] == "aptitude results"
+
+
 def test_save_pretrained_is_atomic(router, data, tmp_path, monkeypatch):
-    """Item 6: a save that fails half-way (here: writing the heads) leaves the old router
-    complete and loadable, and no half-written folder beside it."""
+    """A save that fails half-way (here: writing the heads) leaves the old router complete
+    and loadable, and no half-written folder beside it."""
     import capsat.capsat_model.router as module
 
     target = tmp_path / "r"
@@ -194,20 +279,21 @@ def test_save_pretrained_is_atomic(router, data, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
     np.testing.assert_allclose(CapsatRouter.from_pretrained(target).predict_proba(texts),
-                               expected)
+                               expected, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
 def test_onboard_cli_writes_where_it_is_told(router, data, tmp_path, capsys):
-    """Items 14 and 15: onboarding a shipped or hub router needs --out (never ./default);
-    user mistakes are one-line errors naming the flag."""
+    """Onboarding a shipped or hub router needs --out (never ./default); user mistakes are
+    one-line errors naming the flag."""
     router.save_pretrained(tmp_path / "r")
     aptitude = tmp_path / "aptitude.json"
-    aptitude.write_text(json.dumps(data.candidates[0].aptitude))
+    model = data.split.train_models[0]
+    aptitude.write_text(json.dumps({q: float(data.table.scores.at[q, model])
+                                    for q in data.aptitude.item_ids}))
     args = ["onboard", "--name", "newcomer", "--aptitude", str(aptitude)]
     assert cli_main([*args, "--router", "default"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert not (tmp_path / "default").exists()
     assert cli_main([*args, "--router", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
     assert "newcomer" in CapsatRouter.from_pretrained(tmp_path / "o").models
     assert "newcomer" not in CapsatRouter.from_pretrained(tmp_path / "r").models
@@ -224,6 +310,9 @@ def test_onboard_cli_writes_where_it_is_told(router, data, tmp_path, capsys):
                      str(tmp_path / "q")]) == 2
     assert "no such router folder" in capsys.readouterr().err
     assert time.perf_counter() - started < 2.0  # no hub lookup for a mistyped path
+    out = tmp_path / "items.jsonl"
+    assert cli_main(["aptitude", "export", str(tmp_path / "r"), str(out)]) == 0
+    assert len(out.read_text().splitlines()) == len(data.aptitude.item_ids)
 
 
 def test_bad_inputs(router):
@@ -233,23 +322,55 @@ def test_bad_inputs(router):
         router.network.instruction_ids(42)
     with pytest.raises(ValueError, match="n_soft_tokens"):
         CapsatConfig(n_soft_tokens=0)
+    with pytest.raises(ValueError, match="quantization"):
+        CapsatConfig(quantization="3bit")
     with pytest.raises(DataError, match="CapSAT"):
         CapsatRouter.from_pretrained(__file__.rsplit("/", 1)[0])
-    from capsat.capsat_model.router import DEFAULT_ROUTER_DIR
 
-    if not DEFAULT_ROUTER_DIR.exists():  # never a hub download for the shipped name
-        with pytest.raises(DataError, match="no default"):
-            CapsatRouter.from_pretrained("default")
+
+def test_qlora_option_is_built_and_refused_without_cuda(data, tiny_base):
+    """The GPU path: 4-bit NF4 weights through bitsandbytes (QLoRA). Here (no CUDA) it is
+    refused with what to do instead, before anything loads."""
+    from capsat.capsat_model.base_llm import quantization_config
+
+    config = quantization_config("4bit")
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("none") is None
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the device run exercises QLoRA")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        CapsatRouter.create(dataclasses.replace(SMALL, base_model=tiny_base,
+                                                quantization="4bit"),
+                            data.bank, data.train_models, data.tasks)
+
+
+def test_encoder_only_router_needs_no_llm(data, tmp_path):
+    """use_llm: false loads no LLM (the ablation, and a fast router)."""
+    config = dataclasses.replace(SMALL, use_llm=False, base_model="no/such/model")
+    router = CapsatRouter.create(config, data.bank, data.train_models, data.tasks,
+                                 aptitude=data.aptitude, aptitude_items=data.aptitude_items)
+    assert router.network.llm is None
+    probs = router.predict_proba(data.validation.texts[:3])
+    router.save_pretrained(tmp_path / "r")
+    assert not (tmp_path / "r" / "adapter").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no base model lookup
+        np.testing.assert_allclose(Router.load(tmp_path / "r").predict_proba(
+            data.validation.texts[:3]), probs, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_real_smollm2_router_scores_and_round_trips(data, tmp_path):
     """The embedded SmolLM2-135M-Instruct: converted once, LoRA on its real module names."""
-    router = CapsatRouter.create(CapsatConfig(max_instruction_tokens=48), data.candidates,
-                                 data.aptitude.tasks, data.keywords)
+    router = CapsatRouter.create(CapsatConfig(max_instruction_tokens=48,
+                                              instruction_head_tokens=24),
+                                 data.bank, data.train_models, data.tasks,
+                                 aptitude=data.aptitude, aptitude_items=data.aptitude_items)
     assert router.network.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
     texts = data.validation.texts[:2]
     probs = router.predict_proba(texts)
     assert probs.shape == (2, len(router.models)) and np.isfinite(probs).all()
     router.save_pretrained(tmp_path / "r")
-    np.testing.assert_array_equal(Router.load(tmp_path / "r").predict_proba(texts), probs)
+    np.testing.assert_allclose(Router.load(tmp_path / "r").predict_proba(texts), probs,
+                               atol=1e-6)

@@ -121,7 +121,7 @@ def test_split_json_round_trip_and_strict_loading(mmlu_small):
     assert again.sizes() == {"train_queries": len(split.train),
                              "validation_queries": len(split.validation),
                              "test_queries": len(split.test), "train_models": 4,
-                             "test_models": 1, "held_out_tasks": 0}
+                             "test_models": 1, "held_out_tasks": 0, "held_out_families": 0}
     saved = split.to_json()
     del saved["validation"]
     with pytest.raises(DataError) as err:
@@ -132,3 +132,31 @@ def test_split_json_round_trip_and_strict_loading(mmlu_small):
     with pytest.raises(DataError) as err:
         Split.from_json(overlapping)
     assert err.value.field == "test"
+
+
+def test_family_split_holds_whole_families_out(mmlu_pro):
+    """--split family: every model of a held-out family is held out together, the rest train;
+    queries are split as in the query split (same seed, same parts)."""
+    from data_builders.splits import model_families
+
+    table = mmlu_pro.complete()
+    families = model_families(table.models)
+    assert families["llama-2"] == ["Llama-2-13b-hf", "Llama-2-70b-hf", "Llama-2-7b-hf"]
+    assert {"mistral", "mathstral-7B"} & set(families["mistral"]) == {"mathstral-7B"}
+    split = make_split(table, "family", seed=0)
+    assert split.held_out_families
+    held = [m for f in split.held_out_families for m in families[f]]
+    assert sorted(split.test_models) == sorted(held)
+    assert set(split.train_models) == set(table.models) - set(held)
+    assert len(held) >= round(0.2 * len(table.models))
+    query = make_split(table, "query", seed=0)
+    assert (split.train, split.validation, split.test) == (query.train, query.validation,
+                                                           query.test)
+    chosen = make_split(table, "family", seed=0, held_out_families=["gemini", "qwen"])
+    assert sorted(chosen.test_models) == sorted(families["gemini"] + families["qwen"])
+    assert Split.from_json(json.loads(json.dumps(chosen.to_json()))) == chosen
+    with pytest.raises(DataError) as err:
+        make_split(table, "family", held_out_families=["no-such-family"])
+    assert err.value.field == "family"
+    with pytest.raises(DataError):
+        make_split(table, "family", held_out_families=list(families))

@@ -2,7 +2,7 @@
 
 Reads ``CapsatConfig`` (the model) and ``TrainConfig`` (the run) from the YAML recipe, with
 command-line overrides, prepares the data with the data builders, trains, and leaves the best
-router (by validation AUC) in ``<output_dir>/best`` as a ``save_pretrained`` folder.
+router (by its validation selection score) in ``<output_dir>/best`` as a ``save_pretrained`` folder.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     model_config, config = parse(argv)
     accelerator = Accelerator(cpu=not has_accelerator_device())
     started = time.perf_counter()
-    data = prepare(config)
+    data = prepare(config, encoder=model_config.capability_encoder, progress=config.progress)
     if accelerator.is_main_process:
         print(f"data: {json.dumps(data.summary())}", flush=True)
     trainer = CapsatTrainer(model_config, config, data, accelerator=accelerator)
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                    "model_config": model_config.to_dict(), "train_config": config.__dict__}
         path = os.path.join(config.output_dir, "train_summary.json")
         write_json(path, summary, indent=2)
-        print(f"best validation AUC {result['best']['auc']:.4f} at step {result['best']['step']}; "
-              f"router in {config.output_dir}/best", flush=True)
+        print(f"best validation {config.select_on} score {result['best']['score']:.4f} at step "
+              f"{result['best']['step']}; router in {config.output_dir}/best", flush=True)
     accelerator.end_training()
     return 0
 

@@ -1,7 +1,7 @@
 """Training configuration for CapSAT (the model's own architecture is ``CapsatConfig``).
 
 Both dataclasses are read together from a YAML file (``--config``) and overridden on the
-command line (``--lr_lora 1e-4``), through trl's ``TrlParser``.
+command line (``--lr-lora 1e-4``), through trl's ``TrlParser``.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from capsat.routers.base import help_field
 from data_builders.splits import SPLIT_KINDS
+
+SELECTIONS = ("routing", "auc")
 
 
 @dataclass
@@ -22,30 +24,50 @@ class TrainConfig:
     models: list[str] = help_field([], "candidate pool (empty: every model of the data)")
     held_out: list[str] = help_field([], "models (split=model), families (split=family) or "
                                          "tasks (split=task) to hold out; empty: a seeded share")
-    k_per_task: int = help_field(10, "aptitude-test core items per task")
-    keywords: int = help_field(5, "keywords per task in the model representations")
-    kshot: int = help_field(4, "queries per listwise group: 1 the group's model got right, "
-                               "k-1 it got wrong")
+    k_per_task: int = help_field(10, "aptitude-test core items per task (what a new model "
+                                     "answers to be onboarded)")
     max_train_queries: int = help_field(0, "train on at most this many train queries (a seeded "
                                            "sample; 0 = all)")
     max_validation_queries: int = help_field(300, "validate on at most this many validation "
                                                   "queries (a seeded sample; 0 = all)")
-    stage1_steps: int = help_field(60, "steps training the connector and IRT heads only")
-    stage2_steps: int = help_field(240, "further steps training LoRA and heads together")
-    groups_per_step: int = help_field(1, "listwise groups per optimiser step (per process)")
-    lr_heads: float = help_field(1e-3, "learning rate of the connector and IRT heads")
-    lr_lora: float = help_field(2e-4, "learning rate of the LoRA weights (stage 2)")
-    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    neighbours: int = help_field(40, "nearest bank items of each loss query put in its step's "
+                                     "evidence (so a known model's evidence reads as its whole "
+                                     "bank does)")
+    queries_per_step: int = help_field(32, "loss queries per step of the encoder stage (per "
+                                           "process)")
+    evidence_min: int = help_field(20, "fewest evidence items of a candidate in aptitude mode")
+    evidence_max: int = help_field(500, "most evidence items of a candidate in aptitude mode "
+                                        "(and the random part of the step's item pool)")
+    bank_share: float = help_field(0.5, "share of the candidates that read the whole step pool "
+                                        "(their bank); the rest read a random 20..500 of it, as "
+                                        "a new model reads its aptitude answers")
+    pseudo_models: int = help_field(4, "extra candidates per step made by mixing two training "
+                                       "models task by task (more models than the pool has)")
+    encoder_steps: int = help_field(1500, "steps of the first stage: the capability encoder "
+                                          "alone (no LLM forward; cheap)")
+    llm_steps: int = help_field(200, "steps of the second stage: the LLM reads the soft tokens "
+                                     "(LoRA, connector and gate train)")
+    llm_queries_per_step: int = help_field(4, "loss queries per step of the LLM stage (each is "
+                                              "one packed pass over every candidate)")
+    train_encoder_with_llm: bool = help_field(False, "keep training the encoder in the LLM "
+                                                     "stage (default: frozen, its stage-one "
+                                                     "best kept)")
+    lr_encoder: float = help_field(1e-3, "learning rate of the capability encoder")
+    lr_llm_heads: float = help_field(1e-3, "learning rate of the connector and gate")
+    lr_lora: float = help_field(2e-4, "learning rate of the LoRA weights")
+    weight_decay: float = help_field(0.01, "AdamW weight decay")
     weight_pointwise: float = help_field(1.0, "weight of the Yes/No cross-entropy on every "
-                                              "(query, candidate) pair of the group")
-    weight_listwise: float = help_field(0.5, "weight of the Model-SAT listwise loss: which of "
-                                             "the group's queries did its model get right")
-    weight_across_models: float = help_field(0.0, "weight of the per-query softmax over the "
-                                                  "candidates, toward the ones that got it "
-                                                  "right: the comparison routing makes")
+                                              "(query, candidate) pair (calibration)")
+    weight_listwise: float = help_field(1.0, "weight of the per-query softmax over the "
+                                             "candidates toward the ones that got it right (the "
+                                             "comparison routing makes)")
     weight_irt: float = help_field(0.3, "weight of the IRT auxiliary loss")
-    eval_every: int = help_field(50, "validate (AUC, log-loss) every N steps and at the end")
-    checkpoint_every: int = help_field(25, "write a resumable checkpoint every N steps")
+    weight_task: float = help_field(0.1, "weight of the task head's cross-entropy")
+    select_on: str = help_field("routing", "checkpoint selection on validation: 'routing' "
+                                           "(routed accuracy + query AUC) or 'auc' (pooled)")
+    eval_every: int = help_field(250, "validate every N encoder steps (and at the stage's end)")
+    llm_eval_every: int = help_field(50, "validate every N LLM steps (and at the end)")
+    checkpoint_every: int = help_field(250, "write a resumable checkpoint every N steps")
     output_dir: str = help_field("runs/capsat", "checkpoints, logs and the final router")
     resume: bool = help_field(False, "continue from the last checkpoint in output_dir")
     max_minutes: float = help_field(0.0, "stop training within this many minutes (0: no "
@@ -56,16 +78,26 @@ class TrainConfig:
     def __post_init__(self):
         if self.split not in SPLIT_KINDS:
             raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
-        if self.kshot < 2:
-            raise ValueError("kshot must be >= 2")
-        for name in ("stage1_steps", "stage2_steps", "max_train_queries",
-                     "max_validation_queries", "max_minutes"):
+        if self.select_on not in SELECTIONS:
+            raise ValueError(f"select_on must be one of {SELECTIONS}, got {self.select_on!r}")
+        for name in ("encoder_steps", "llm_steps", "max_train_queries",
+                     "max_validation_queries", "max_minutes", "pseudo_models"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("groups_per_step", "eval_every", "checkpoint_every", "k_per_task"):
+        for name in ("queries_per_step", "llm_queries_per_step", "eval_every",
+                     "llm_eval_every", "checkpoint_every", "k_per_task", "neighbours",
+                     "evidence_min"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.evidence_max < self.evidence_min:
+            raise ValueError("evidence_max must be >= evidence_min")
+        if not 0.0 <= self.bank_share <= 1.0:
+            raise ValueError("bank_share must be in [0, 1]")
 
     @property
     def total_steps(self) -> int:
-        return self.stage1_steps + self.stage2_steps
+        return self.encoder_steps + self.llm_steps
+
+    def stage(self, step: int) -> str:
+        """'encoder' for steps [0, encoder_steps), then 'llm'."""
+        return "encoder" if step < self.encoder_steps else "llm"

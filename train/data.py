@@ -2,22 +2,25 @@
 
 The table, split and aptitude test come from ``prepare_experiment``, as ``capsat eval`` makes
 them (same seed -> same split), so a trained router is evaluated on queries it never saw. The
-aptitude test's core items are chosen on the train queries of the train models only, and
-removed from training and validation.
+aptitude test's core items are chosen on the train queries of the train models only.
+
+The evidence bank is the train part: every train query is an item, with its embedding, task
+and the train models' outcomes on it. Loss queries are train queries outside the aptitude
+test (a seeded sample); a step's loss queries are never in that step's evidence.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
+import numpy as np
+import torch
 
-from capsat.capsat_model.router import Candidate
-from data_builders.aptitude import (AptitudeTest, exclude_core_items, represent_models,
-                                    score_models, task_keywords)
+from capsat.capsat_model.bank import EvidenceBank
+from data_builders.aptitude import AptitudeItem, AptitudeTest, aptitude_items
+from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.experiment import prepare_experiment
-from data_builders.kshot import build_kshot_groups
 from data_builders.outcomes import OutcomeTable
-from data_builders.splits import Split, sample_ids
+from data_builders.splits import Split, normalise_text, sample_ids
 
 from .config import TrainConfig
 
@@ -26,19 +29,29 @@ from .config import TrainConfig
 class TrainingData:
     table: OutcomeTable
     split: Split
-    train: OutcomeTable  # train queries x train models, core items removed, maybe subsampled
-    validation: OutcomeTable  # validation queries x train models (maybe subsampled)
     aptitude: AptitudeTest
-    keywords: dict[str, str]
-    candidates: list[Candidate]  # every model of the data: train models and held-out ones
-    groups: pd.DataFrame  # listwise groups over ``train``: model, query_ids, positive_index
+    aptitude_items: list[AptitudeItem]
+    tasks: list[str]
+    bank: EvidenceBank  # the train part, train models' outcomes
+    texts: list[str]  # the bank items' texts (the LLM reads the loss queries')
+    loss_rows: np.ndarray  # bank rows trained on (no core item), a seeded sample
+    neighbours: np.ndarray  # (N, K) nearest other bank items of every item (cosine)
+    text_groups: np.ndarray  # (N,) items with the same normalised text share a group
+    validation: OutcomeTable  # validation queries x train models (maybe subsampled)
+    validation_embeddings: np.ndarray
+    prices: dict[str, dict]
+
+    @property
+    def train_models(self) -> list[str]:
+        return list(self.split.train_models)
 
     def summary(self) -> dict:
-        return {"queries": len(self.table), "train_queries": len(self.train),
+        return {"queries": len(self.table), "bank_items": len(self.bank.item_ids),
+                "loss_queries": len(self.loss_rows),
                 "validation_queries": len(self.validation), "test_queries": len(self.split.test),
                 "train_models": len(self.split.train_models),
-                "test_models": len(self.split.test_models), "core_items": len(
-                    self.aptitude.item_ids), "groups": len(self.groups)}
+                "test_models": len(self.split.test_models),
+                "core_items": len(self.aptitude.item_ids)}
 
 
 def prices(table: OutcomeTable, train_ids) -> dict[str, dict]:
@@ -54,24 +67,53 @@ def prices(table: OutcomeTable, train_ids) -> dict[str, dict]:
     return out
 
 
-def prepare(config: TrainConfig) -> TrainingData:
+def text_groups(texts: list[str]) -> np.ndarray:
+    """(N,) a group id per item, shared by items of the same normalised text."""
+    return np.unique([normalise_text(t) for t in texts], return_inverse=True)[1]
+
+
+def nearest_neighbours(embeddings: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) the k most similar other items of each item, by cosine; an item's same-text
+    twins (one question under two ids) are not its neighbours, as across splits."""
+    x = torch.from_numpy(embeddings.astype(np.float32))
+    k = min(k, len(groups) - 1)
+    out = np.zeros((len(groups), k), dtype=np.int64)
+    for start in range(0, len(groups), 1024):
+        sim = x[start:start + 1024] @ x.T
+        twins = torch.from_numpy(groups[start:start + 1024, None] == groups[None, :])
+        sim[twins] = -2.0
+        out[start:start + 1024] = torch.topk(sim, k, dim=1).indices.numpy()
+    return out
+
+
+def prepare(config: TrainConfig, *, encoder: str = DEFAULT_ENCODER,
+            progress: bool = True) -> TrainingData:
+    """Everything a CapSAT training run reads; ``encoder`` is the model's
+    ``capability_encoder`` (the sentence encoder of instructions and evidence items)."""
     experiment = prepare_experiment(config.data, config.split, models=config.models or None,
                                     held_out=config.held_out or None, seed=config.seed,
                                     test_size=config.test_size,
                                     validation_size=config.validation_size,
                                     k_per_task=config.k_per_task)
     table, split, aptitude = experiment.table, experiment.split, experiment.aptitude
-    train_all = table.subset(list(split.train))  # every model: held-out ones are scored on the
-    keywords = task_keywords(train_all, config.keywords)  # core items to be onboarded
-    accuracy = score_models(aptitude, train_all)
-    representations = represent_models(aptitude, train_all, keywords)
-    price = prices(table, split.train)
-    candidates = [Candidate(m, {t: float(accuracy.loc[m, t]) for t in accuracy.columns},
-                            representations[m], price[m]) for m in table.models]
-
-    train = exclude_core_items(experiment.train_of_train_models(), aptitude)
-    train = train.subset(sample_ids(train.query_ids, config.max_train_queries, config.seed))
+    train = experiment.train_of_train_models()
+    tasks = sorted(set(train.tasks))
+    embedder = Embedder(encoder, progress=progress)
+    embeddings = embedder.encode(train.texts, desc="embedding the evidence bank")
+    scores = train.scores.to_numpy(dtype=float)
+    bank = EvidenceBank(train.query_ids, embeddings,
+                        np.array([tasks.index(t) for t in train.tasks], dtype=np.int64),
+                        np.nansum(scores, axis=1), (~np.isnan(scores)).sum(axis=1).astype(float),
+                        scores.T.copy(), np.ones(len(train.models), dtype=bool))
+    core = set(aptitude.item_ids)
+    candidates = [i for i, q in enumerate(train.query_ids) if q not in core]
+    loss_rows = np.array(sample_ids(candidates, config.max_train_queries, config.seed),
+                         dtype=np.int64)
     validation = table.subset(sample_ids(split.validation, config.max_validation_queries,
                                          config.seed + 1), list(split.train_models))
-    groups = build_kshot_groups(train, config.kshot, config.seed, exclude=aptitude)
-    return TrainingData(table, split, train, validation, aptitude, keywords, candidates, groups)
+    groups = text_groups(train.texts)
+    return TrainingData(
+        table, split, aptitude, aptitude_items(table, aptitude), tasks, bank, train.texts,
+        loss_rows, nearest_neighbours(embeddings, groups, config.neighbours), groups, validation,
+        embedder.encode(validation.texts, desc="embedding validation queries"),
+        prices(table, split.train))

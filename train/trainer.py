@@ -1,27 +1,34 @@
 """CapsatTrainer: trains a CapSAT router with accelerate, from one CPU process to many GPUs.
 
-Each step takes ``groups_per_step`` Model-SAT listwise groups per process (k queries: one the
-group's model got right, k-1 it got wrong), scores *every* training candidate on those queries
-in one packed forward pass, and combines
+Two stages:
 
-- pointwise: Yes/No cross-entropy on every (query, candidate) pair (scores as soft targets);
-- listwise: softmax over the group's queries of its model's logit, target the right one;
-- across models: per query, softmax over the candidates toward the ones that got it right
-  (the comparison routing makes; the Model-SAT listwise loss compares queries, not models);
-- IRT: cross-entropy of sigmoid(a_q . theta_m - b_q) on the same pairs.
+1. **encoder** (``encoder_steps``): the capability encoder alone, on the sentence embeddings
+   (no LLM forward, so thousands of cheap steps). Every step draws ``queries_per_step`` loss
+   queries and one pool of evidence items: the loss queries' nearest bank items plus a random
+   ``evidence_max``, never a loss query itself. Each candidate reads either the whole pool
+   (``bank_share`` of them: a known model's bank) or a random 20..500 of it (a new model's
+   aptitude answers); ``pseudo_models`` extra candidates mix two training models task by task.
+   So identities cannot be memorised: a candidate is only ever its evidence.
+2. **llm** (``llm_steps``): the LLM reads the candidates' soft tokens for
+   ``llm_queries_per_step`` loss queries per step, in one packed pass each; LoRA, connector
+   and gate train (the encoder too with ``train_encoder_with_llm``), starting from the best
+   encoder of stage 1 (the gate starts at 0, so that is where stage 2 starts).
 
-Stage 1 trains the connector and IRT heads only (the LoRA learning rate is held at 0); stage
-2 trains LoRA too. The group order is a seeded permutation fixed up front, so step s always
-sees the same groups: a run resumed from a checkpoint equals an uninterrupted one. Checkpoints
-(trainable weights, optimiser state, trainer state) are safetensors + JSON written to a
-temporary folder and renamed into place. The router kept at the end is the one with the best
-validation AUC.
+Losses on every (query, candidate) pair: pointwise cross-entropy (scores as soft targets:
+calibration), listwise (per query, softmax over the candidates toward the ones that got it
+right: the comparison routing makes), IRT (sigmoid(a_q . theta_m - b_q)), and the task head's
+cross-entropy.
+
+Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
+scores the validation queries against every training model's whole bank; the router kept is
+the best by ``select_on`` (routed accuracy + query AUC by default). Steps draw their samples
+from a generator seeded by (seed, step, process), so a run resumed from a checkpoint equals an
+uninterrupted one. Checkpoints are safetensors + JSON folders written atomically.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from capsat.capsat_model.config import CapsatConfig
+from capsat.capsat_model.evidence import Evidence
 from capsat.capsat_model.router import CapsatRouter
 from capsat.evaluation import metrics as M
 from capsat.routers.provenance import Provenance
@@ -46,16 +54,18 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
+BEST_WEIGHTS_FILE = "best_trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
+GROUPS = ("encoder", "llm_heads", "lora")
 
 
 def validation_card(record: dict) -> str:
     """The model card's evaluation table: the validation figures of the kept step."""
     rows = [(key[len("val_"):], value) for key, value in record.items()
             if key.startswith("val_")]
-    lines = [f"Validation part of the training run (step {record['step']}; chosen there):", "",
-             "| metric | value |", "|---|---|"]
+    lines = [f"Validation part of the training run (step {record['step']}, {record['stage']} "
+             f"stage; chosen there):", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in rows]
     return "\n".join(lines)
 
@@ -67,95 +77,146 @@ class CapsatTrainer:
         self.data = data
         self.accelerator = accelerator or Accelerator()
         set_seed(config.seed)
-        train_models = list(data.split.train_models)
-        candidates = [c for c in data.candidates if c.name in train_models]
-        self.router = CapsatRouter.create(model_config, candidates, data.aptitude.tasks,
-                                          data.keywords, llm=llm, tokenizer=tokenizer)
-        core_items = data.table.subset(sorted(data.aptitude.item_ids), train_models)
+        models = data.train_models
+        self.router = CapsatRouter.create(
+            model_config, data.bank, models, data.tasks,
+            prices={m: data.prices[m] for m in models}, aptitude=data.aptitude,
+            aptitude_items=data.aptitude_items, llm=llm, tokenizer=tokenizer)
+        bank_table = data.table.subset(data.bank.item_ids, models)
+        seen = data.table.subset(list(np.array(data.bank.item_ids)[data.loss_rows]), models)
+        core = data.table.subset(sorted(data.aptitude.item_ids), models)
         self.router.fitted_on = Provenance.from_tables(
-            data.train, data.validation, core_items, split=config.split, seed=config.seed,
+            seen, data.validation, core, split=config.split, seed=config.seed,
             parts=["train", "validation", "aptitude items"])
-        # The reference accuracies are the whole train part's, not the sample's.
-        self.router.fitted_on.model_accuracy = {
-            m: float(v) for m, v in data.table.subset(list(data.split.train), train_models)
-            .scores.mean().items()}
+        # The evidence bank is the train part; the reference accuracies are its.
+        self.router.fitted_on.query_ids = sorted(set(self.router.fitted_on.query_ids)
+                                                 | set(data.bank.item_ids))
+        self.router.fitted_on.model_accuracy = {m: float(v) for m, v in
+                                                bank_table.scores.mean().items()}
         self.output_dir = Path(config.output_dir)
         network = self.router.network
         groups = network.trainable_groups()
         self.optimizer = torch.optim.AdamW(
-            [{"params": groups["heads"], "lr": config.lr_heads},
-             {"params": groups["lora"], "lr": 0.0}], weight_decay=config.weight_decay)
+            [{"params": groups[name], "lr": 0.0} for name in GROUPS],
+            weight_decay=config.weight_decay)
         self.network, self.optimizer = self.accelerator.prepare(network, self.optimizer)
-        self.features = self.router.features.to(self.accelerator.device)
-        self.labels = data.train.scores[self.router.models]
-        self.texts = data.train.queries["query"]
-        self.column = {m: i for i, m in enumerate(self.router.models)}
-        self.order = self._group_order()
+        self.device = self.accelerator.device
+        bank = data.bank
+        self.outcomes = torch.from_numpy(np.nan_to_num(bank.outcomes, nan=0.0)).float()
+        self.observed = torch.from_numpy(~np.isnan(bank.outcomes))
+        self.pool_loo = torch.from_numpy(bank.pool_success()).float()
+        self.pool_mean = torch.from_numpy(bank.pool_sum / np.maximum(bank.pool_count, 1)).float()
+        self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
+        self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         self.step = 0
-        self.best = {"auc": -math.inf, "step": None}
+        self.best = {"score": -math.inf, "step": None}
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
-        #: Seconds of the slowest step and of the last validation / checkpoint / save, for
-        #: stopping within ``max_minutes`` (kept in checkpoints, so a resumed run knows them).
+        #: Seconds of the slowest step and the last validation / checkpoint / save per stage,
+        #: for stopping within ``max_minutes`` (kept in checkpoints).
         self.timing: dict[str, float] = {}
 
     # ------------------------------------------------------------------ data
-    def _group_order(self) -> np.ndarray:
-        """Group indices for every step of every process, fixed by the seed."""
-        n = len(self.data.groups)
-        if n == 0:
-            raise ValueError("no listwise groups: every model needs right and wrong answers "
-                             "among the training queries")
-        need = self.config.total_steps * self.config.groups_per_step * self.accelerator.num_processes
-        rng = np.random.default_rng(self.config.seed)
-        reps = -(-need // n)
-        return np.concatenate([rng.permutation(n) for _ in range(max(reps, 1))])[:need]
+    def _rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, step, self.accelerator.process_index])
 
-    def groups_for(self, step: int) -> list[int]:
-        per_step = self.config.groups_per_step * self.accelerator.num_processes
-        chunk = self.order[step * per_step:(step + 1) * per_step]
-        mine = chunk[self.accelerator.process_index::self.accelerator.num_processes]
-        return [int(g) for g in mine]
+    def sample(self, step: int) -> tuple[np.ndarray, np.ndarray, Evidence, torch.Tensor]:
+        """(loss bank rows, evidence bank rows, the step's evidence, labels (B, M')) of
+        ``step``: the training models, then the pseudo-models."""
+        c, data = self.config, self.data
+        rng = self._rng(step)
+        n_queries = c.queries_per_step if c.stage(step) == "encoder" else c.llm_queries_per_step
+        rows = rng.choice(data.loss_rows, min(n_queries, len(data.loss_rows)), replace=False)
+        # A loss query, and its same-text twins, are never evidence in their own step.
+        own = np.flatnonzero(np.isin(data.text_groups, data.text_groups[rows]))
+        near = np.setdiff1d(np.unique(data.neighbours[rows].ravel()), own)
+        free = np.setdiff1d(np.arange(len(data.bank.item_ids)), np.concatenate([own, near]))
+        random_part = rng.choice(free, min(c.evidence_max, len(free)), replace=False)
+        pool = np.concatenate([near, random_part])
+        m = len(data.train_models)
+        outcomes = self.outcomes[:, pool]
+        observed = self.observed[:, pool]
+        labels = self.outcomes[:, rows].T
+        success = self.pool_loo[:, pool]
+        if c.pseudo_models and m >= 2:
+            mix_out, mix_lab = [], []
+            for _ in range(c.pseudo_models):
+                a, b = rng.choice(m, 2, replace=False)
+                pick_b = torch.from_numpy(rng.random(len(data.tasks)) < 0.5)
+                take = pick_b[self.item_tasks]  # per item: from b?
+                row = torch.where(take, self.outcomes[b], self.outcomes[a])
+                mix_out.append(row[pool])
+                mix_lab.append(row[rows])
+            outcomes = torch.cat([outcomes, torch.stack(mix_out)])
+            observed = torch.cat([observed, torch.ones(len(mix_out), len(pool), dtype=bool)])
+            labels = torch.cat([labels, torch.stack(mix_lab, dim=1)], dim=1)
+            success = torch.cat([success, self.pool_mean[pool].expand(len(mix_out), -1)])
+        mask = observed.clone()
+        aptitude_mode = rng.random(len(mask)) >= c.bank_share
+        for j in np.flatnonzero(aptitude_mode):
+            size = int(rng.integers(c.evidence_min, c.evidence_max + 1))
+            keep = np.zeros(len(pool), dtype=bool)
+            keep[len(near) + rng.choice(len(random_part), min(size, len(random_part)),
+                                        replace=False)] = True
+            mask[j] &= torch.from_numpy(keep)
+        evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
+                            mask)
+        return rows, pool, evidence, labels
 
     # ------------------------------------------------------------------ loss
-    def losses(self, group_rows: list[int]) -> dict[str, torch.Tensor]:
-        groups = self.data.groups.iloc[group_rows]
-        query_ids = [q for ids in groups["query_ids"] for q in ids]
+    def losses(self, step: int) -> dict[str, torch.Tensor]:
+        rows, _, evidence, labels = self.sample(step)
+        evidence = evidence.to(self.device)
+        labels = labels.to(self.device)
         unwrapped = self.accelerator.unwrap_model(self.network)
-        batch = unwrapped.pack_queries(self.texts.loc[query_ids].tolist(),
-                                       len(self.router.models)).to(self.accelerator.device)
-        out = self.network(batch, self.features)
-        targets = torch.tensor(self.labels.loc[query_ids].to_numpy(dtype=np.float32),
-                               device=out.logits.device)
-        pointwise = nn.functional.binary_cross_entropy_with_logits(out.logits, targets)
-        irt = nn.functional.binary_cross_entropy_with_logits(out.irt_logits, targets)
-        k = self.config.kshot
-        listwise = []
-        for g, (_, row) in enumerate(groups.iterrows()):
-            logits = out.logits[g * k:(g + 1) * k, self.column[row["model"]]]
-            target = torch.tensor(int(row["positive_index"]), device=logits.device)
-            listwise.append(nn.functional.cross_entropy(logits[None], target[None]))
-        listwise = torch.stack(listwise).mean()
-        # Across candidates, per query: the right ones should out-score the wrong ones.
-        solved = targets.sum(dim=1) > 0
-        across = out.logits.sum() * 0.0
+        batch = None
+        if self.config.stage(step) == "llm" and unwrapped.llm is not None:
+            texts = [self.data.texts[r] for r in rows]
+            batch = unwrapped.pack_queries(texts, evidence.n_candidates).to(self.device)
+        out = self.network(self.embeddings[rows].to(self.device), evidence, batch)
+        logits = out.logits
+        pointwise = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        irt = nn.functional.binary_cross_entropy_with_logits(out.encoder.irt_logit, labels)
+        task = nn.functional.cross_entropy(out.encoder.task_logits,
+                                           self.item_tasks[rows].to(self.device))
+        solved = labels.sum(dim=1) > 0
+        listwise = logits.sum() * 0.0
         if solved.any():
-            share = targets[solved] / targets[solved].sum(dim=1, keepdim=True)
-            log_p = nn.functional.log_softmax(out.logits[solved], dim=1)
-            across = -(share * log_p).sum(dim=1).mean()
+            share = labels[solved] / labels[solved].sum(dim=1, keepdim=True)
+            listwise = -(share * nn.functional.log_softmax(logits[solved], dim=1)).sum(1).mean()
         c = self.config
         total = (c.weight_pointwise * pointwise + c.weight_listwise * listwise
-                 + c.weight_across_models * across + c.weight_irt * irt)
-        return {"loss": total, "pointwise": pointwise, "listwise": listwise,
-                "across_models": across, "irt": irt}
+                 + c.weight_irt * irt + c.weight_task * task)
+        return {"loss": total, "pointwise": pointwise, "listwise": listwise, "irt": irt,
+                "task": task}
 
     # ------------------------------------------------------------ validation
-    def validate(self) -> dict:
-        validation = self.data.validation
-        probs = self.router.predict_proba(validation.texts)
-        scores = validation.scores[self.router.models].to_numpy(dtype=float)
+    def validate(self, stage: str) -> dict:
+        """Routing metrics on the validation queries, every training model reading its whole
+        bank (through the LLM in the llm stage; the encoder's answer before it)."""
+        router, validation = self.router, self.data.validation
+        router.network = self.accelerator.unwrap_model(self.network)
+        router._evidence = None
+        router.progress = False
+        from capsat.routers.base import Queries
+
+        queries = Queries(validation.texts, embeddings=self.data.validation_embeddings)
+        # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
+        router.read_through_llm = stage == "llm"
+        try:
+            probs = router.predict_proba(queries, router.models)
+        finally:
+            router.read_through_llm = True
+        router.progress = self.config.progress
+        scores = validation.scores[router.models].to_numpy(dtype=float)
         return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
                 "val_log_loss": M.log_loss(probs, scores),
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
+
+    def selection_score(self, record: dict) -> float:
+        if self.config.select_on == "auc":
+            return record["val_auc"]
+        return record["val_routed_accuracy"] + record["val_query_auc"]
 
     # ---------------------------------------------------------- checkpoints
     def _optimizer_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -171,6 +232,8 @@ class CapsatTrainer:
             with atomic_folder(target) as tmp:
                 save_file(self.accelerator.unwrap_model(self.network).trainable_state(),
                           str(tmp / WEIGHTS_FILE))
+                if self.best_state is not None:
+                    save_file(self.best_state, str(tmp / BEST_WEIGHTS_FILE))
                 tensors, groups = self._optimizer_tensors()
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
                 state = {"step": self.step, "best": self.best, "history": self.history,
@@ -180,6 +243,8 @@ class CapsatTrainer:
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
             done = sorted(target.parent.glob("step-*"))
             for old in done[:-KEEP_CHECKPOINTS]:
+                import shutil
+
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
         return target
@@ -197,6 +262,8 @@ class CapsatTrainer:
                              f"with the same number (now {self.accelerator.num_processes})")
         self.accelerator.unwrap_model(self.network).load_trainable_state(
             load_file(str(path / WEIGHTS_FILE)))
+        if (path / BEST_WEIGHTS_FILE).exists():
+            self.best_state = load_file(str(path / BEST_WEIGHTS_FILE))
         tensors = load_file(str(path / OPTIMIZER_FILE))
         per_param: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -209,23 +276,35 @@ class CapsatTrainer:
 
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
+            self.router.network = self.accelerator.unwrap_model(self.network)
             self.router.save_pretrained(self.output_dir / BEST)  # atomic: a folder swap
 
     # -------------------------------------------------------------- training
     def _set_stage(self, step: int) -> str:
-        stage2 = step >= self.config.stage1_steps
-        self.optimizer.param_groups[1]["lr"] = self.config.lr_lora if stage2 else 0.0
-        return "lora" if stage2 else "heads"
+        """Learning rates of the step's stage; entering the llm stage, the best encoder."""
+        c = self.config
+        stage = c.stage(step)
+        rates = {"encoder": c.lr_encoder, "llm_heads": 0.0, "lora": 0.0}
+        if stage == "llm":
+            rates = {"encoder": c.lr_encoder if c.train_encoder_with_llm else 0.0,
+                     "llm_heads": c.lr_llm_heads, "lora": c.lr_lora}
+            if step == c.encoder_steps and self.best_state is not None:
+                self.accelerator.unwrap_model(self.network).load_trainable_state(
+                    self.best_state)
+        for group, name in zip(self.optimizer.param_groups, GROUPS):
+            group["lr"] = rates[name]
+        return stage
 
-    def _out_of_time(self, started: float) -> bool:
+    def _out_of_time(self, started: float, stage: str) -> bool:
         """Whether one more step would leave too little of ``max_minutes`` to finish: the
         slowest step so far plus the last validation, checkpoint and save. Every process gets
         the same answer."""
         if not self.config.max_minutes:
             return False
         t = self.timing
-        finish = t.get("validation", 0.0) + t.get("checkpoint", 0.0) + t.get("save_best", 0.0)
-        projected = time.perf_counter() - started + t.get("step_max", 0.0) + finish
+        finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
+                  + t.get("save_best", 0.0))
+        projected = time.perf_counter() - started + t.get(f"step_max_{stage}", 0.0) + finish
         if projected > self.config.max_minutes * 60:
             self.accelerator.set_trigger()
         return self.accelerator.check_trigger()
@@ -236,13 +315,16 @@ class CapsatTrainer:
         self.timing[key] = time.perf_counter() - t0
         return out
 
-    def _validate_and_keep_best(self, record: dict) -> None:
+    def _validate_and_keep_best(self, record: dict, stage: str) -> None:
         """Validate (main process) and save the router if it is the best so far."""
         self.network.eval()
         if self.accelerator.is_main_process:
-            record.update(self._timed("validation", self.validate))
-            if record["val_auc"] > self.best["auc"]:
-                self.best = {"auc": record["val_auc"], "step": self.step}
+            record.update(self._timed(f"validation_{stage}", self.validate, stage))
+            score = self.selection_score(record)
+            record["selection_score"] = score
+            if score > self.best["score"]:
+                self.best = {"score": score, "step": self.step, "stage": stage}
+                self.best_state = self.accelerator.unwrap_model(self.network).trainable_state()
                 self.router.model_card_table = validation_card(record)
                 self._timed("save_best", self.save_best)
         self.accelerator.wait_for_everyone()
@@ -252,6 +334,21 @@ class CapsatTrainer:
         if self.accelerator.is_main_process:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+    def _estimate_llm_validation(self) -> None:
+        """Before the first LLM validation: its cost from one timed packed pass."""
+        if "validation_llm" in self.timing or not self.router.config.use_llm:
+            return
+        unwrapped = self.accelerator.unwrap_model(self.network)
+        texts = self.data.validation.texts[:max(1, self.config.llm_queries_per_step)]
+        evidence = self.router.evidence()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            batch = unwrapped.pack_queries(texts, evidence.n_candidates).to(self.device)
+            unwrapped(torch.from_numpy(self.data.validation_embeddings[:len(texts)]).to(
+                self.device), evidence, batch)
+        per_query = (time.perf_counter() - t0) / len(texts)
+        self.timing["validation_llm"] = per_query * len(self.data.validation)
 
     def train(self, stop_after: int | None = None) -> dict:
         """Run to the end (or ``stop_after`` steps, for tests that simulate a kill)."""
@@ -266,10 +363,10 @@ class CapsatTrainer:
         self.router.progress = self.config.progress
         started = time.perf_counter()
         if self.step == 0 and not self.history:
-            # Step 0: the untrained router's validation figures, the baseline training must
-            # move (and the first estimate of what a validation costs).
+            # Step 0: the untrained router (the per-task prior), the baseline training must
+            # beat (and the first estimate of what a validation costs).
             record = {"step": 0, "stage": "initial", "seconds": 0.0}
-            self._validate_and_keep_best(record)
+            self._validate_and_keep_best(record, "encoder")
             self._log(record, log_path)
         bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",
                    disable=not main or not self.config.progress)
@@ -277,28 +374,38 @@ class CapsatTrainer:
             if stop_after is not None and self.step >= stop_after:
                 break
             stage = self._set_stage(self.step)
+            if stage == "llm":
+                self._estimate_llm_validation()
             self.network.train()
             step_started = time.perf_counter()
-            losses = self.losses(self.groups_for(self.step))
+            # Dropout draws from torch's generator: seeded per step, so a resumed run repeats
+            # an uninterrupted one.
+            torch.manual_seed(self.config.seed * 1_000_003 + self.step * 97
+                              + self.accelerator.process_index)
+            losses = self.losses(self.step)
             self.accelerator.backward(losses["loss"])
             self.optimizer.step()
             self.optimizer.zero_grad()
             self.step += 1
-            self.timing["step_max"] = max(self.timing.get("step_max", 0.0),
-                                          time.perf_counter() - step_started)
+            key = f"step_max_{stage}"
+            self.timing[key] = max(self.timing.get(key, 0.0), time.perf_counter() - step_started)
             record = {"step": self.step, "stage": stage,
                       **{k: float(v.detach()) for k, v in losses.items()},
+                      "gate": float(self.accelerator.unwrap_model(self.network).gate.detach())
+                      if self.router.config.use_llm else None,
                       "seconds": round(time.perf_counter() - started, 2)}
-            last = self.step == total or self._out_of_time(started)
-            if self.step % self.config.eval_every == 0 or last:
-                self._validate_and_keep_best(record)
+            stage_end = self.step == self.config.encoder_steps or self.step == total
+            last = self.step == total or self._out_of_time(started, stage)
+            every = self.config.eval_every if stage == "encoder" else self.config.llm_eval_every
+            if self.step % every == 0 or stage_end or last:
+                self._validate_and_keep_best(record, stage)
             self._log(record, log_path)
             if main:
                 bar.set_postfix(loss=f"{record['loss']:.3f}",
-                                **({"val_auc": f"{record['val_auc']:.3f}"}
-                                   if "val_auc" in record else {}))
+                                **({"val": f"{record['selection_score']:.3f}"}
+                                   if "selection_score" in record else {}))
                 bar.update(1)
-            if self.step % self.config.checkpoint_every == 0 or last:
+            if self.step % self.config.checkpoint_every == 0 or last or stage_end:
                 self._timed("checkpoint", self.save_checkpoint)
             if last:
                 break

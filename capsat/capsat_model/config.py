@@ -37,7 +37,7 @@ class CapsatConfig(RouterConfig):
     encoder_cosine_heads: int = help_field(2, "heads on the plain cosine of the sentence "
                                            "embeddings (a kernel kNN), sharpness learned")
     encoder_head_dim: int = help_field(32, "width of each learned head")
-    encoder_knn: list = help_field([10, 40], "k of the hard kNN features over the evidence")
+    encoder_knn: list[int] = help_field([10, 40], "k of the hard kNN features over the evidence")
     encoder_hidden: int = help_field(128, "hidden width of the encoder's MLP")
     capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
                                      "instruction) that becomes the soft tokens")

@@ -169,25 +169,42 @@ class EvidenceEncoder(nn.Module):
         theta = self.ability_head(pooled)
         return theta - theta.mean(dim=0, keepdim=True) if len(theta) > 1 else theta
 
-    def _knn_features(self, cosine: torch.Tensor, evidence: Evidence) -> torch.Tensor:
-        """(B, M, len(ks) * 2): mean outcome and residual of the k most similar items,
-        shrunk toward the candidate's overall accuracy / 0 like kNN's prior."""
-        batch = cosine.shape[0]
-        masked = cosine[:, None, :].masked_fill(~evidence.mask[None], -4.0)  # (B, M, N)
-        k_max = min(max(self.knn_ks), cosine.shape[1])
-        top, index = masked.topk(k_max, dim=-1)
-        real = (top > -4.0).float()
-        outcomes = torch.gather(evidence.outcomes[None].expand(batch, -1, -1), 2, index)
-        residual = outcomes - torch.gather(evidence.pool_success[None].expand(batch, -1, -1),
-                                           2, index)
-        overall = summaries(evidence)[None, :, 0]
-        w, features = PRIOR_WEIGHT, []
-        for k in self.knn_ks:
-            k = min(k, k_max)
-            n = real[..., :k].sum(-1)
-            features += [((outcomes[..., :k] * real[..., :k]).sum(-1) + w * overall) / (n + w),
-                         (residual[..., :k] * real[..., :k]).sum(-1) / (n + w)]
-        return torch.stack(features, dim=-1)
+    def _read(self, scores: torch.Tensor, cosine: torch.Tensor, evidence: Evidence
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per candidate, what the heads and the hard kNN read from its evidence:
+        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2)).
+
+        Candidates with the same items (every known model of a complete data set) share one
+        softmax and one top-k: the cost is per distinct item set, not per candidate."""
+        batch, heads = scores.shape[0], scores.shape[1]
+        m = evidence.n_candidates
+        pooled = scores.new_zeros(batch, m, heads, POOLED_PER_HEAD)
+        knn = scores.new_zeros(batch, m, len(self.knn_ks) * KNN_FEATURES)
+        overall = summaries(evidence)[:, 0]
+        sets, group_of = torch.unique(evidence.mask, dim=0, return_inverse=True)
+        for g in range(len(sets)):
+            rows = torch.nonzero(group_of == g).squeeze(1)
+            items = torch.nonzero(sets[g]).squeeze(1)
+            if len(items) == 0:
+                continue  # no evidence: nothing read (zeros), the summaries say so
+            y = evidence.outcomes[rows][:, items]  # (m_g, n_g)
+            p = evidence.pool_success[rows][:, items]
+            w = torch.softmax(scores[:, :, items], dim=-1)  # (B, H, n_g)
+            effective = -torch.log((w ** 2).sum(-1).clamp_min(EPS))  # (B, H)
+            pooled[:, rows] = torch.stack([
+                torch.einsum("bhn,mn->bmh", w, y), torch.einsum("bhn,mn->bmh", w, y - p),
+                torch.einsum("bhn,mn->bmh", w, p),
+                effective[:, None].expand(-1, len(rows), -1)], dim=-1)
+            k_max = min(max(self.knn_ks), len(items))
+            top = cosine[:, items].topk(k_max, dim=-1).indices  # (B, k)
+            y_top, r_top = y[:, top], (y - p)[:, top]  # (m_g, B, k)
+            features, w0 = [], PRIOR_WEIGHT
+            for k in self.knn_ks:
+                k = min(k, k_max)
+                features += [(y_top[..., :k].sum(-1) + w0 * overall[rows, None]) / (k + w0),
+                             r_top[..., :k].sum(-1) / (k + w0)]
+            knn[:, rows] = torch.stack(features, dim=-1).permute(1, 0, 2)
+        return pooled, knn
 
     def forward(self, query_embeddings: torch.Tensor, evidence: Evidence) -> EncoderOutput:
         batch, m = query_embeddings.shape[0], evidence.n_candidates
@@ -202,19 +219,12 @@ class EvidenceEncoder(nn.Module):
                                                                                        None]],
                                dim=1)
         heads = scores.shape[1]
-        weights = _masked_softmax(scores[:, None].expand(-1, m, -1, -1),
-                                  evidence.mask[None, :, None, :])  # (B, M, H, N)
-        y = evidence.outcomes[None, :, None, :]
-        p = evidence.pool_success[None, :, None, :]
-        pooled = torch.stack([
-            (weights * y).sum(-1), (weights * (y - p)).sum(-1), (weights * p).sum(-1),
-            -torch.log((weights ** 2).sum(-1).clamp_min(EPS))], dim=-1)  # (B, M, H, 4)
+        pooled, knn = self._read(scores, cosine, evidence)
         task_logits = self.task_head(query_embeddings)
         by_task = torch.einsum("bt,mtf->bmf", torch.softmax(task_logits, dim=-1),
                                task_statistics(evidence, self.n_tasks))
         features = torch.cat([
-            pooled.reshape(batch, m, heads * POOLED_PER_HEAD),
-            self._knn_features(cosine, evidence),
+            pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,
             summaries(evidence)[None].expand(batch, -1, -1), by_task], dim=-1)
         capability = self.mlp(features)
         prior = torch.logit(by_task[..., 0].clamp(EPS, 1 - EPS))

@@ -1,8 +1,10 @@
 """``capsat explain``: the IRT side of a trained CapSAT router, as tables a person can read.
 
-Writes per-model abilities and per-query difficulty / discrimination on a sample of test
-queries, and checks the IRT reading: difficulty should fall as observed accuracy rises
-(Spearman correlation, per task over its queries, and across tasks over their means).
+Writes per-model abilities (the encoder's, read from each candidate's evidence, and the one
+fitted on that evidence with the item side frozen, as onboarding does) and per-query
+difficulty / discrimination on a sample of test queries, and checks the IRT reading: ability
+should rise with observed accuracy across models, and difficulty should fall as observed
+accuracy rises (Spearman correlation, per task over its queries, and across tasks).
 """
 from __future__ import annotations
 
@@ -54,6 +56,16 @@ def explain(router: str | CapsatRouter, data: str, *, split: str = "query", seed
     abilities = pd.DataFrame(ability, index=models,
                              columns=[f"theta_{i}" for i in range(ability.shape[1])])
     abilities["ability_norm"] = np.linalg.norm(ability, axis=1)
+    # A scalar reading of each ability: its projection on the mean discrimination of these
+    # queries (what a_q . theta is on an average query).
+    mean_discrimination = params["discrimination"].mean(axis=0)
+    abilities["ability_score"] = ability @ mean_discrimination
+    # Onboarding's own estimate: the ability that best explains the candidate's evidence with
+    # the item side frozen (for trained models, their whole bank).
+    fitted = np.stack([router.fit_ability(router.evidence_results(m)) for m in models])
+    fitted = fitted - fitted.mean(axis=0, keepdims=True)  # centred, as the encoder's
+    abilities["fitted_ability_score"] = fitted @ mean_discrimination
+    abilities["kind"] = [router.candidates[m].kind for m in models]
     abilities["observed_accuracy"] = test.scores[models].mean().to_numpy()
     queries = pd.DataFrame({"task": test.tasks, "difficulty": params["difficulty"],
                             "discrimination_norm": np.linalg.norm(params["discrimination"],
@@ -66,6 +78,10 @@ def explain(router: str | CapsatRouter, data: str, *, split: str = "query", seed
     across = _spearman(means["difficulty"], means["observed_accuracy"])
     overall = _spearman(queries["difficulty"], queries["observed_accuracy"])
     summary = {"queries": len(queries), "models": len(models),
+               "spearman_ability_vs_accuracy_across_models": _spearman(
+                   abilities["ability_score"], abilities["observed_accuracy"]),
+               "spearman_fitted_ability_vs_accuracy_across_models": _spearman(
+                   abilities["fitted_ability_score"], abilities["observed_accuracy"]),
                "spearman_difficulty_vs_accuracy_over_queries": overall,
                "spearman_difficulty_vs_accuracy_across_tasks": across,
                "spearman_difficulty_vs_accuracy_per_task": per_task,

@@ -3,10 +3,15 @@
 A saved CapSAT router is a folder (or a hub repo) holding:
 
 - ``config.json``: the CapsatConfig (every field required on load);
-- ``adapter/``: the LoRA adapter (peft: ``adapter_config.json`` + ``adapter_model.safetensors``);
-- ``heads.safetensors``: connector and IRT heads, and the candidates' capability features;
-- ``registry.json``: each candidate's aptitude results, representation and price, the task
-  order and keywords used to describe new models;
+- ``adapter/``: the LoRA adapter (peft: ``adapter_config.json`` + ``adapter_model.safetensors``),
+  when the router reads through the LLM;
+- ``heads.safetensors``: the capability encoder, connector and gate;
+- ``evidence.safetensors``: the evidence bank (item embeddings and tasks, the training pool's
+  scores, every candidate's outcomes on the items it has);
+- ``registry.json``: candidates (kind, price, onboarding record, fitted IRT ability), the task
+  order, the bank's item ids, the aptitude test and what training saw (``fitted_on``);
+- ``aptitude_items.jsonl``: the aptitude test a new model takes (``capsat aptitude export``):
+  id, task, question, choices, reference answer and grading rule of every core item;
 - ``router.json``: the marker by which ``Router.load`` finds this class;
 - ``README.md``: a model card with the evaluation table.
 
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -26,7 +32,7 @@ from huggingface_hub import ModelHubMixin, snapshot_download
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from data_builders.aptitude import render_representation
+from data_builders.aptitude import AptitudeItem, AptitudeTest, read_aptitude_items
 from data_builders.atomic import atomic_folder
 from data_builders.embeddings import Embedder
 from data_builders.errors import DataError
@@ -34,147 +40,251 @@ from data_builders.errors import DataError
 from ..hub import check_local
 from ..routers.base import ROUTER_FILE, Queries, Router
 from ..routers.provenance import Provenance
+from .bank import EvidenceBank
 from .config import CapsatConfig
 
 #: The router shipped inside the package (``CapsatRouter.from_pretrained("default")``).
 DEFAULT_ROUTER_DIR = Path(__file__).resolve().parent.parent / "default_router"
 HEADS_FILE = "heads.safetensors"
+EVIDENCE_FILE = "evidence.safetensors"
 REGISTRY_FILE = "registry.json"
+APTITUDE_FILE = "aptitude_items.jsonl"
 ADAPTER_DIR = "adapter"
+CANDIDATE_KINDS = ("trained", "onboarded")
+
+
+class WeakAptitudeInput(UserWarning):
+    """Onboarding from per-task accuracies: the per-item results are the stronger input."""
 
 
 @dataclass
 class Candidate:
-    """One candidate model as the router knows it: from its aptitude-test results alone."""
+    """One candidate as the router knows it."""
 
     name: str
-    aptitude: dict[str, float]
-    representation: str
+    kind: str  # "trained" (its bank is its train outcomes) or "onboarded" (aptitude only)
     price: dict = field(default_factory=dict)
+    onboarding: dict = field(default_factory=dict)  # what it was onboarded from
+    fitted_ability: list | None = None  # IRT ability fitted on its evidence, item side frozen
 
     def to_json(self) -> dict:
-        return {"aptitude": self.aptitude, "representation": self.representation,
-                "price": self.price}
+        out = asdict(self)
+        del out["name"]
+        return out
 
 
 class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                    tags=["llm-router", "capsat"]):
-    """CapSAT: a LoRA-tuned small LLM reads each candidate's capability soft tokens and the
-    instruction and answers Yes/No; P(Yes) is the success probability."""
+    """CapSAT: a capability encoder reads each candidate's item-level evidence conditioned on
+    the instruction; a LoRA-tuned small LLM reads the resulting soft tokens and answers Yes/No;
+    P(Yes) (with the encoder's direct logit) is the success probability."""
 
     name = "capsat"
     config_class = CapsatConfig
+    uses_embeddings = True
+    can_onboard = True
 
     def __init__(self, config: CapsatConfig | None = None, **overrides):
         super().__init__(config, **overrides)
         self.network = None
         self.tasks: list[str] = []
-        self.keywords: dict[str, str] = {}
         self.candidates: dict[str, Candidate] = {}
-        self.features: torch.Tensor | None = None
+        self.bank: EvidenceBank | None = None
+        self.aptitude_items: list[AptitudeItem] = []
         #: A markdown table of the run that produced the router (shown in its model card).
         self.model_card_table: str = ""
+        #: Score through the LLM (False: the encoder's direct logit; training sets it while
+        #: the gate is still 0, when both agree).
+        self.read_through_llm = True
+        self._evidence = None
 
     # ---------------------------------------------------------------- build
     @classmethod
-    def create(cls, config: CapsatConfig, candidates: Sequence[Candidate], tasks: Sequence[str],
-               keywords: Mapping[str, str], *, llm=None, tokenizer=None) -> "CapsatRouter":
-        """A new, untrained router over ``candidates``; ``llm``/``tokenizer`` override loading
-        ``config.base_model`` (tests pass a tiny model)."""
-        from .base_llm import load_base_llm
-        from .model import CapsatNetwork
-
+    def create(cls, config: CapsatConfig, bank: EvidenceBank, models: Sequence[str],
+               tasks: Sequence[str], *, prices: Mapping[str, dict] | None = None,
+               aptitude: AptitudeTest | None = None,
+               aptitude_items: Sequence[AptitudeItem] = (), llm=None,
+               tokenizer=None) -> "CapsatRouter":
+        """A new, untrained router over the trained ``models`` (the bank's rows, in order);
+        ``llm``/``tokenizer`` override loading ``config.base_model`` (tests pass a tiny one)."""
+        if len(models) != bank.n_candidates:
+            raise ValueError(f"{len(models)} models for a bank of {bank.n_candidates}")
         router = cls(config)
         router.tasks = list(tasks)
-        router.keywords = dict(keywords)
-        for candidate in candidates:
-            router._check_aptitude(candidate)
-        router.candidates = {c.name: c for c in candidates}
-        router.models = [c.name for c in candidates]
-        router.features = router._features(candidates)
-        if llm is None:
-            llm, tokenizer = load_base_llm(config.base_model)
-        router.network = CapsatNetwork(config, llm, tokenizer, router.features.shape[1])
+        router.bank = bank
+        router.models = list(models)
+        router.candidates = {m: Candidate(m, "trained", dict((prices or {}).get(m, {})))
+                             for m in models}
+        router.aptitude = aptitude
+        router.aptitude_items = list(aptitude_items)
+        router._build_network(llm, tokenizer)
         return router
 
-    def _check_aptitude(self, candidate: Candidate) -> None:
-        missing = [t for t in self.tasks if t not in candidate.aptitude]
-        if missing:
-            raise DataError(f"candidate {candidate.name!r} has no aptitude result for task(s) "
-                            f"{missing}", field="aptitude")
+    def _build_network(self, llm, tokenizer) -> None:
+        from .model import CapsatNetwork
 
-    def _features(self, candidates: Sequence[Candidate]) -> torch.Tensor:
-        """Capability features: encoded representation (+ aptitude vector in task order)."""
-        encoded = Embedder(self.config.capability_encoder, progress=False).encode(
-            [c.representation for c in candidates])
-        parts = [encoded]
-        if self.config.use_aptitude_vector:
-            parts.append(np.array([[c.aptitude[t] for t in self.tasks] for c in candidates],
-                                  dtype=np.float32))
-        return torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
+        if self.config.use_llm and llm is None:
+            from .base_llm import load_base_llm
+
+            llm, tokenizer = load_base_llm(self.config.base_model,
+                                           quantization=self.config.quantization)
+        self.network = CapsatNetwork(self.config, llm if self.config.use_llm else None,
+                                     tokenizer, self.bank.embeddings.shape[1], len(self.tasks))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
 
     # ------------------------------------------------------------- routing
     def _fit(self, train, train_queries, validation, validation_queries):
         raise NotImplementedError("CapSAT is trained with `capsat train` (or `accelerate launch "
                                   "train`); evaluate a trained router as capsat:PATH")
 
+    def embed(self, queries: Queries) -> np.ndarray:
+        if queries.embeddings is not None:
+            return queries.embeddings
+        if self._embedder is None:
+            self._embedder = Embedder(self.config.capability_encoder, progress=self.progress)
+        return self._embedder.encode(queries.texts, desc="capsat: embedding queries")
+
+    def evidence(self):
+        """Every candidate's evidence (``config.max_evidence`` items each at most), on the
+        router's device; rebuilt after onboarding."""
+        if self._evidence is None:
+            self._evidence = self.bank.evidence(max_items=self.config.max_evidence).to(
+                self.device)
+        return self._evidence
+
     def _predict(self, queries: Queries) -> np.ndarray:
         network = self.network
         network.eval()
-        device = next(network.parameters()).device
-        features = self.features.to(device)
+        device = self.device
+        evidence = self.evidence()
+        embeddings = torch.from_numpy(np.asarray(queries.embeddings, dtype=np.float32))
         out = []
         size = self.config.predict_batch_size
         starts = range(0, len(queries), size)
         with torch.no_grad():
             for start in tqdm(starts, desc="capsat: scoring", unit="batch",
                               disable=not self.progress or len(starts) < 8, leave=False):
-                batch = network.pack_queries(queries.texts[start:start + size],
-                                             len(self.models)).to(device)
-                out.append(torch.sigmoid(network(batch, features).logits).double().cpu())
+                texts = queries.texts[start:start + size]
+                batch = (network.pack_queries(texts, len(self.models))
+                         if self.read_through_llm else None)
+                result = network(embeddings[start:start + size].to(device), evidence,
+                                 None if batch is None else batch.to(device))
+                out.append(torch.sigmoid(result.logits).double().cpu())
         return torch.cat(out).numpy()
 
     def irt_parameters(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
-        """Learned IRT parameters: per-model ability (M, D), per-query difficulty (n,) and
-        discrimination (n, D)."""
-        network = self.network
-        network.eval()
-        device = next(network.parameters()).device
-        features = self.features.to(device)
-        difficulty, discrimination = [], []
-        ability = None
+        """The IRT side: per-candidate ability (M, D, from its evidence, centred over the
+        candidates), per-query difficulty (n,) and discrimination (n, D)."""
+        self.network.eval()
+        embeddings = torch.from_numpy(self.embed(Queries(list(queries))).astype(np.float32))
         with torch.no_grad():
-            for start in range(0, len(queries), self.config.predict_batch_size):
-                texts = list(queries[start:start + self.config.predict_batch_size])
-                out = network(network.pack_queries(texts, len(self.models)).to(device), features)
-                difficulty.append(out.difficulty.cpu())
-                discrimination.append(out.discrimination.cpu())
-                ability = out.ability.cpu()
-        return {"ability": ability.numpy(), "difficulty": torch.cat(difficulty).numpy(),
-                "discrimination": torch.cat(discrimination).numpy()}
+            encoder = self.network.encoder.to(self.device)
+            discrimination, difficulty = encoder.item_parameters(embeddings.to(self.device))
+            ability = encoder.abilities(self.evidence())
+        return {"ability": ability.cpu().numpy(), "difficulty": difficulty.cpu().numpy(),
+                "discrimination": discrimination.cpu().numpy()}
 
     # ----------------------------------------------------------- onboarding
-    def onboard(self, name: str, aptitude: Mapping[str, float], price: dict | None = None,
-                replace: bool = False) -> Candidate:
-        """Add a model from its aptitude-test results alone (no retraining)."""
-        if name in self.candidates and not replace:
-            raise ValueError(f"{name!r} is already a candidate; pass replace=True to update it")
-        unknown = sorted(set(aptitude) - set(self.tasks))
+    def takes_aptitude(self, aptitude: AptitudeTest) -> bool:
+        """Any items of the bank onboard a model (the shipped aptitude test is one choice)."""
+        return set(aptitude.item_ids) <= set(self.bank.index)
+
+    def check_onboarding(self, name, results, replace):
+        """Per-item results on any item of the bank (the shipped aptitude items are the
+        test to take); per-task accuracies are accepted with a warning (the weaker input)."""
+        if name in self.models and not replace:
+            raise DataError(f"{name!r} is already a candidate; pass replace=True to update it",
+                            field="name")
+        if not isinstance(results, Mapping) or not results:
+            raise DataError("aptitude results must map item ids (or tasks) to scores",
+                            field="results")
+        if set(results) <= set(self.tasks) and not set(results) & set(self.bank.index):
+            return self._from_task_accuracies(results)
+        out = {}
+        for item, value in results.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                    or not 0.0 <= float(value) <= 1.0:
+                raise DataError(f"score of {item!r} must be a number in [0, 1], got "
+                                f"{value!r}", field="score")
+            out[str(item)] = float(value)
+        unknown = [q for q in out if q not in self.bank.index]
         if unknown:
-            raise DataError(f"aptitude results for unknown task(s) {unknown}; the router's "
-                            f"tasks are {self.tasks}", field="aptitude")
-        aptitude = {t: float(aptitude[t]) for t in self.tasks if t in aptitude}
-        candidate = Candidate(name, aptitude, render_representation(aptitude, self.keywords),
-                              dict(price or {}))
-        self._check_aptitude(candidate)
-        feature = self._features([candidate])
-        if name in self.candidates:
-            self.features[self.models.index(name)] = feature[0]
+            raise DataError(f"{len(unknown)} result(s) are not on this router's items (its "
+                            f"aptitude test, `capsat aptitude export`), e.g. {unknown[:3]}",
+                            field="results")
+        return out
+
+    def _from_task_accuracies(self, accuracy: Mapping[str, float]) -> dict[str, float]:
+        """Per-task accuracies spread over the aptitude items of each task (graded)."""
+        if self.aptitude is None:
+            raise DataError("this router has no aptitude test to place per-task accuracies on",
+                            field="results")
+        missing = [t for t in self.aptitude.tasks if t not in accuracy]
+        if missing:
+            raise DataError(f"no accuracy for task(s) {missing}", field="task")
+        warnings.warn("onboarding from per-task accuracies: the router reads them as graded "
+                      "scores on its aptitude items; per-item results (`capsat aptitude run`) "
+                      "describe a model better", WeakAptitudeInput, stacklevel=3)
+        out = {}
+        for task, ids in self.aptitude.items.items():
+            value = accuracy[task]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 <= float(value) <= 1.0:
+                raise DataError(f"accuracy on {task!r} must be in [0, 1], got {value!r}",
+                                field="task")
+            out.update({q: float(value) for q in ids})
+        return out
+
+    def onboard(self, name: str, results: Mapping[str, float], *, price: dict | None = None,
+                replace: bool = False) -> Candidate:
+        """Add a model from its aptitude results alone (item id -> score; no retraining)."""
+        from_tasks = set(results) <= set(self.tasks)
+        items = self.check_onboarding(name, results, replace)
+        candidate = Candidate(name, "onboarded", dict(price or {}),
+                              {"items": len(items),
+                               "source": "task accuracies" if from_tasks else "item results"})
+        if name in self.models:
+            self.bank.replace(self.models.index(name), items)
         else:
+            self.bank.add(items)
             self.models.append(name)
-            self.features = torch.cat([self.features, feature])
         self.candidates[name] = candidate
+        self._evidence = None
+        candidate.fitted_ability = self.fit_ability(items).tolist()
         return candidate
+
+    def evidence_results(self, name: str) -> dict[str, float]:
+        """item id -> score: the evidence ``name`` is described by (its bank)."""
+        row = self.bank.outcomes[self.models.index(name)]
+        return {q: float(row[i]) for i, q in enumerate(self.bank.item_ids) if row[i] == row[i]}
+
+    def fit_ability(self, results: Mapping[str, float], steps: int = 200) -> np.ndarray:
+        """The IRT ability that best explains ``results`` (item -> score) with the item side
+        (discrimination, difficulty from the items' embeddings) frozen: onboarding's own
+        estimate, reported by ``capsat explain`` beside the encoder's."""
+        ids = list(results)
+        rows = [self.bank.index[q] for q in ids]
+        x = torch.from_numpy(self.bank.embeddings[rows].astype(np.float32)).to(self.device)
+        y = torch.tensor([results[q] for q in ids], dtype=torch.float32, device=self.device)
+        encoder = self.network.encoder
+        with torch.no_grad():
+            a, b = encoder.item_parameters(x)
+        theta = torch.zeros(a.shape[1], device=self.device, requires_grad=True)
+        optimiser = torch.optim.LBFGS([theta], max_iter=steps)
+
+        def closure():
+            optimiser.zero_grad()
+            logits = a @ theta - b
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) \
+                + 1e-2 * (theta ** 2).sum()  # a weak prior keeps it finite on all-right tests
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+        return theta.detach().cpu().numpy().astype(float)
 
     # ------------------------------------------------------ save / load
     def state_json(self) -> dict:
@@ -203,21 +313,28 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         tmp = Path(save_directory)
         (tmp / "config.json").write_text(json.dumps(
             {"router": self.name, **self.config.to_dict()}, indent=2))
-        self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
-        # peft records where the base was loaded from (a local cache path): name it instead.
-        adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
-        values = json.loads(adapter_config.read_text())
-        values["base_model_name_or_path"] = self.config.base_model
-        adapter_config.write_text(json.dumps(values, indent=2))
-        heads = {k: v for k, v in self.network.trainable_state().items()
-                 if not k.startswith("lora.")}
-        heads["capability_features"] = self.features.contiguous()
-        save_file(heads, str(tmp / HEADS_FILE))
-        registry = {"models": self.models, "tasks": self.tasks, "keywords": self.keywords,
+        state = self.network.trainable_state()
+        if self.network.llm is not None:
+            self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+            # peft records where the base was loaded from (a local cache path): name it.
+            adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
+            values = json.loads(adapter_config.read_text())
+            values["base_model_name_or_path"] = self.config.base_model
+            adapter_config.write_text(json.dumps(values, indent=2))
+        save_file({k: v for k, v in state.items() if not k.startswith("lora.")},
+                  str(tmp / HEADS_FILE))
+        save_file({k: v.contiguous() for k, v in self.bank.arrays().items()},
+                  str(tmp / EVIDENCE_FILE))
+        registry = {"models": self.models, "tasks": self.tasks,
                     "candidates": {m: self.candidates[m].to_json() for m in self.models},
+                    "item_ids": self.bank.item_ids,
+                    "aptitude": None if self.aptitude is None else self.aptitude.to_json(),
                     "fitted_on": (None if self.fitted_on is None
                                   else self.fitted_on.to_json())}
-        (tmp / REGISTRY_FILE).write_text(json.dumps(registry, indent=2))
+        (tmp / REGISTRY_FILE).write_text(json.dumps(registry, indent=1))
+        with open(tmp / APTITUDE_FILE, "w", encoding="utf-8") as fh:
+            for item in self.aptitude_items:
+                fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
         (tmp / ROUTER_FILE).write_text(json.dumps({"router": self.name,
                                                    "format": "huggingface"}))
         (tmp / "README.md").write_text(self.model_card())
@@ -240,32 +357,35 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             raise DataError("config.json is not a CapSAT router's", file=str(config_path),
                             field="router")
         config = CapsatConfig.from_dict(values)
-        registry = json.loads((directory / REGISTRY_FILE).read_text())
-        for key in ("models", "tasks", "keywords", "candidates", "fitted_on"):
+        registry_path = directory / REGISTRY_FILE
+        registry = json.loads(registry_path.read_text())
+        for key in ("models", "tasks", "candidates", "item_ids", "aptitude", "fitted_on"):
             if key not in registry:
-                raise DataError("missing key", file=str(directory / REGISTRY_FILE), field=key)
-        candidates = [Candidate(m, **registry["candidates"][m]) for m in registry["models"]]
-        heads = load_file(str(directory / HEADS_FILE))
-        features = heads.pop("capability_features")
-
-        from peft import load_peft_weights
-
-        from .base_llm import load_base_llm
-        from .model import CapsatNetwork
-
+                raise DataError("missing key", file=str(registry_path), field=key)
         router = cls(config)
-        router.tasks, router.keywords = registry["tasks"], registry["keywords"]
-        router.fitted_on = Provenance.from_json(registry["fitted_on"],
-                                                file=str(directory / REGISTRY_FILE))
-        router.candidates = {c.name: c for c in candidates}
-        router.models = [c.name for c in candidates]
-        router.features = features
-        if llm is None:
-            llm, tokenizer = load_base_llm(config.base_model)
-        router.network = CapsatNetwork(config, llm, tokenizer, features.shape[1])
-        lora = load_peft_weights(str(directory / ADAPTER_DIR), device="cpu")
-        router.network.load_trainable_state({**{f"lora.{k}": v for k, v in lora.items()},
-                                             **heads})
+        router.tasks = list(registry["tasks"])
+        router.models = list(registry["models"])
+        router.candidates = {m: Candidate(m, **registry["candidates"][m])
+                             for m in registry["models"]}
+        router.fitted_on = Provenance.from_json(registry["fitted_on"], file=str(registry_path))
+        if registry["aptitude"] is not None:
+            router.aptitude = AptitudeTest.from_json(registry["aptitude"],
+                                                     file=str(registry_path))
+        router.aptitude_items = read_aptitude_items(directory / APTITUDE_FILE)
+        router.bank = EvidenceBank.from_arrays(registry["item_ids"],
+                                               load_file(str(directory / EVIDENCE_FILE)),
+                                               file=str(directory / EVIDENCE_FILE))
+        if router.bank.n_candidates != len(router.models):
+            raise DataError(f"the evidence bank holds {router.bank.n_candidates} candidates, "
+                            f"the registry {len(router.models)}", file=str(registry_path))
+        router._build_network(llm, tokenizer)
+        state = load_file(str(directory / HEADS_FILE))
+        if config.use_llm:
+            from peft import load_peft_weights
+
+            lora = load_peft_weights(str(directory / ADAPTER_DIR), device="cpu")
+            state.update({f"lora.{k}": v for k, v in lora.items()})
+        router.network.load_trainable_state(state)
         router.network.eval()
         if device == "auto":  # scoring is a forward pass of the LLM: use the GPU when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -289,15 +409,24 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
 
     # ------------------------------------------------------------ model card
     def model_card(self) -> str:
+        reading = (f"a LoRA-tuned `{self.config.base_model}` (r={self.config.lora_r} on "
+                   f"{', '.join(self.network.lora_targets)}) reads {self.config.n_soft_tokens} "
+                   f"soft tokens per candidate" if self.config.use_llm
+                   else "the capability encoder's direct logit alone (no LLM)")
+        trained = [m for m in self.models if self.candidates[m].kind == "trained"]
+        onboarded = [m for m in self.models if self.candidates[m].kind == "onboarded"]
         lines = ["---", "library_name: capsat", "tags: [llm-router, capsat]", "---", "",
                  "# CapSAT router", "",
-                 f"Base LLM: `{self.config.base_model}` with LoRA (r={self.config.lora_r}) on "
-                 f"{', '.join(self.network.lora_targets)}; capability encoder "
-                 f"`{self.config.capability_encoder}`; {self.config.n_soft_tokens} soft tokens "
-                 f"per candidate.", "",
-                 f"Candidates ({len(self.models)}): {', '.join(self.models)}.", "",
-                 "Load with `CapsatRouter.from_pretrained(path_or_hub_id)` or "
-                 "`capsat eval --routers capsat:PATH`.", ""]
+                 f"Capability from item-level evidence ({len(self.bank.item_ids)} items, "
+                 f"encoder `{self.config.capability_encoder}`); {reading}.", "",
+                 f"Candidates trained on ({len(trained)}): {', '.join(trained)}.", ""]
+        if onboarded:
+            lines += [f"Onboarded from their aptitude test ({len(onboarded)}): "
+                      f"{', '.join(onboarded)}.", ""]
+        lines += [f"Aptitude test: {len(self.aptitude_items)} items "
+                  f"(`capsat aptitude export`).", "",
+                  "Load with `CapsatRouter.from_pretrained(path_or_hub_id)` or "
+                  "`capsat eval --routers capsat:PATH`.", ""]
         if self.model_card_table:
             lines += ["## Evaluation", "", self.model_card_table, ""]
         return "\n".join(lines)

@@ -70,6 +70,11 @@ class EvalResult:
     single_models: dict[str, dict] = field(default_factory=dict)
     curves: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Per test query (in ``query_ids`` order), for paired comparisons (``compare``): each
+    #: router's and reference's realised score, and each router's query AUC (None: a query
+    #: whose candidates were all right or all wrong).
+    per_query: dict[str, dict] = field(default_factory=dict)
+    query_ids: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -108,11 +113,13 @@ def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, 
             notes.append(f"task {task!r} has no train queries: its per-task best single is the "
                          f"best single model")
     picked = [test.scores.at[q, per_task_model[t]] for q, t in zip(test.query_ids, test.tasks)]
+    reference_scores = {"best_single": test.scores[best].tolist(),
+                        "per_task_best_single": [float(v) for v in picked]}
     reference = {"best_single": float(test.scores[best].mean()), "best_single_model": best,
                  "chosen_on": chosen_on, "per_task_best_single": float(np.mean(picked)),
                  "per_task_best_models": per_task_model,
                  "oracle": float(scores.max(axis=1).mean()), "random": float(scores.mean())}
-    return reference, notes
+    return reference, notes, reference_scores
 
 
 def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequence[str] = "all",
@@ -145,12 +152,14 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
     table, the_split = experiment.table, experiment.split
     train, validation, test = experiment.parts()
     test_models = list(the_split.test_models)
-    reference, notes = reference_values(experiment, test)
+    reference, notes, reference_scores = reference_values(experiment, test)
     onboarding = split in MODEL_SPLITS
     result = EvalResult(table.name, {"kind": split, "seed": seed, **the_split.sizes(),
                                      "aptitude_items": len(experiment.aptitude.item_ids)},
                         test_models, table.cost_unit, reference,
-                        notes=experiment.notes + notes)
+                        notes=experiment.notes + notes, query_ids=test.query_ids)
+    result.per_query.update({name: {"score": values}
+                             for name, values in reference_scores.items()})
     if onboarding:
         result.split["held_out_models"] = test_models
         result.split["held_out_families"] = list(the_split.held_out_families)
@@ -203,9 +212,10 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
                 router = klass(**options).fit(train, validation, embeddings, split=split,
                                               seed=seed, aptitude=experiment.aptitude)
             if onboarding and not klass.cheats:
-                if router.aptitude != experiment.aptitude:
-                    result.skipped[spec.label] = ("was made with another aptitude test than "
-                                                  "this split's: train it on this split")
+                if not router.takes_aptitude(experiment.aptitude):
+                    result.skipped[spec.label] = ("cannot take this split's aptitude test "
+                                                  "(made on another split?): train it on this "
+                                                  "split")
                     continue
                 for model in test_models:
                     router.onboard(model, aptitude_results[model],
@@ -223,6 +233,11 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
             result.skipped[spec.label] = str(err)
             continue
         row = M.compute_metrics(probs, scores, **inputs)
+        picks = M.chosen(probs)
+        result.per_query[spec.label] = {
+            "score": scores[np.arange(len(picks)), picks].tolist(),
+            "query_auc": [None if np.isnan(v) else float(v)
+                          for v in M.query_aucs(probs, scores)]}
         row["fit_seconds"] = round(fit_seconds, 3)
         row["predict_seconds"] = round(predict_seconds, 3)
         row["queries_per_second"] = round(len(test) / max(predict_seconds, 1e-9), 1)

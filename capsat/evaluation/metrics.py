@@ -122,20 +122,30 @@ def auc(probs, scores, **_):
     return _binary_auc((scores.ravel() >= CORRECT_AT).astype(int), probs.ravel())
 
 
+def query_aucs(probs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per query, P(a right candidate out-scores a wrong one), ties counting half; NaN where
+    every candidate is right or every one is wrong."""
+    right = scores >= CORRECT_AT
+    out = np.full(len(scores), np.nan)
+    mixed = right.any(axis=1) & ~right.all(axis=1)
+    for start in range(0, len(scores), 4096):  # bounded memory: (block, m, m)
+        rows = np.flatnonzero(mixed[start:start + 4096]) + start
+        if not len(rows):
+            continue
+        p, y = probs[rows], right[rows]
+        above = ((p[:, :, None] > p[:, None, :]).astype(float)
+                 + 0.5 * (p[:, :, None] == p[:, None, :]))
+        pairs = y[:, :, None] & ~y[:, None, :]
+        out[rows] = (above * pairs).sum(axis=(1, 2)) / pairs.sum(axis=(1, 2))
+    return out
+
+
 @register_metric("query_auc", "AUC among the candidates of each query (right vs wrong ones), "
                               "averaged over the queries where some but not all are right: the "
                               "ranking routing uses", column="qAUC")
 def query_auc(probs, scores, **_):
-    right = scores >= CORRECT_AT
-    mixed = right.any(axis=1) & ~right.all(axis=1)
-    if not mixed.any():
-        return float("nan")
-    p, y = probs[mixed], right[mixed]
-    # Per query: P(a right candidate out-scores a wrong one), ties counting half.
-    above = (p[:, :, None] > p[:, None, :]).astype(float) + 0.5 * (p[:, :, None] == p[:, None, :])
-    pairs = y[:, :, None] & ~y[:, None, :]
-    per_query = (above * pairs).sum(axis=(1, 2)) / pairs.sum(axis=(1, 2))
-    return float(per_query.mean())
+    values = query_aucs(probs, scores)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 @register_metric("log_loss", "cross-entropy of P(correct) against the (graded) score, per pair",
@@ -161,6 +171,7 @@ def ece(probs, scores, bins: int = 10, **_):
 
 @register_metric("per_task", "routed accuracy per task", needs=("tasks",))
 def per_task_accuracy(probs, scores, tasks=None, **_) -> dict[str, float]:
+    """Routed accuracy within each task."""
     picked = _picked(scores, chosen(probs))
     tasks = np.asarray(tasks)
     return {t: float(picked[tasks == t].mean()) for t in sorted(set(tasks.tolist()))}

@@ -290,6 +290,10 @@ class Router(ABC):
         raise NotImplementedError(f"{self.name} cannot onboard a new model: it knows only the "
                                   f"models it was fitted on")
 
+    def takes_aptitude(self, aptitude: AptitudeTest) -> bool:
+        """Whether results on ``aptitude``'s core items can onboard a model here."""
+        return self.aptitude == aptitude
+
     def check_onboarding(self, name: str, results: Mapping[str, float], replace: bool
                          ) -> dict[str, float]:
         """The results as floats, checked: every key a core item, every task answered, scores

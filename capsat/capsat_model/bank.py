@@ -1,0 +1,122 @@
+"""The evidence bank of a CapSAT router: the items its candidates are described by.
+
+Items are the training queries (their sentence embeddings and tasks, and how the training
+pool scored them); each candidate has its outcomes on the items it answered: every item for
+a model it was trained on, the aptitude items for one it onboarded. A candidate's evidence is
+its answered items. The pool's success on an item counts the *training* models only, leaving
+the candidate's own outcome out (so a known model's evidence reads like a new one's).
+
+Saved as ``evidence.safetensors`` (embeddings in float16, outcomes with NaN where a
+candidate has no outcome) and the item ids in the registry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_builders.errors import DataError
+
+from .evidence import Evidence
+
+
+@dataclass
+class EvidenceBank:
+    item_ids: list[str]  # N
+    embeddings: np.ndarray  # (N, E) float32, unit rows
+    tasks: np.ndarray  # (N,) int64: index into the router's tasks
+    pool_sum: np.ndarray  # (N,) sum of the training models' scores on the item
+    pool_count: np.ndarray  # (N,) how many training models have a score on it
+    outcomes: np.ndarray  # (M, N) float64, NaN = not in this candidate's evidence
+    trained: np.ndarray  # (M,) bool: the candidate is one of the training models
+
+    def __post_init__(self):
+        n = len(self.item_ids)
+        for name in ("embeddings", "tasks", "pool_sum", "pool_count"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"EvidenceBank.{name} has {len(getattr(self, name))} rows for "
+                                 f"{n} items")
+        if self.outcomes.shape[1] != n or len(self.trained) != len(self.outcomes):
+            raise ValueError("EvidenceBank outcomes must be (candidates, items)")
+        # Stored in float16: held that way in memory too, so a loaded router scores exactly
+        # as the one that was saved.
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float16).astype(np.float32)
+        self.index = {q: i for i, q in enumerate(self.item_ids)}
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.outcomes)
+
+    def pool_success(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(M, N) the training pool's mean score on each item, the candidate's own outcome
+        left out where it is a training model (prior 0.5 where nothing is left)."""
+        rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
+        own = np.where(self.trained[rows, None] & ~np.isnan(self.outcomes[rows]),
+                       self.outcomes[rows], 0.0)
+        own_count = (self.trained[rows, None] & ~np.isnan(self.outcomes[rows])).astype(float)
+        count = self.pool_count[None] - own_count
+        return np.where(count > 0, (self.pool_sum[None] - own) / np.maximum(count, 1), 0.5)
+
+    def evidence(self, rows: np.ndarray | None = None, *, max_items: int = 0,
+                 seed: int = 0) -> Evidence:
+        """The evidence of candidates ``rows`` (default all) over the items any of them has,
+        each capped at ``max_items`` of its items (a seeded sample; 0 = all)."""
+        rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
+        has = ~np.isnan(self.outcomes[rows])
+        if max_items:
+            for r in range(len(rows)):
+                items = np.flatnonzero(has[r])
+                if len(items) > max_items:
+                    keep = np.random.default_rng([seed, r]).choice(items, max_items,
+                                                                   replace=False)
+                    has[r] = False
+                    has[r, keep] = True
+        used = np.flatnonzero(has.any(axis=0))
+        outcomes = np.nan_to_num(self.outcomes[rows][:, used], nan=0.0)
+        return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),
+                        torch.from_numpy(self.tasks[used].astype(np.int64)),
+                        torch.from_numpy(outcomes.astype(np.float32)),
+                        torch.from_numpy(self.pool_success(rows)[:, used].astype(np.float32)),
+                        torch.from_numpy(has[:, used]))
+
+    def add(self, results: dict[str, float], trained: bool = False) -> None:
+        """A new candidate with outcomes on some bank items (its aptitude answers)."""
+        unknown = [q for q in results if q not in self.index]
+        if unknown:
+            raise DataError(f"{len(unknown)} result(s) are on items this router has no "
+                            f"evidence slot for, e.g. {unknown[:3]}", field="results")
+        row = np.full(len(self.item_ids), np.nan)
+        for q, value in results.items():
+            row[self.index[q]] = float(value)
+        self.outcomes = np.vstack([self.outcomes, row])
+        self.trained = np.append(self.trained, trained)
+
+    def replace(self, row: int, results: dict[str, float]) -> None:
+        if self.trained[row]:
+            raise DataError("a model the router was trained on cannot be replaced by its "
+                            "aptitude results", field="name")
+        self.outcomes[row] = np.nan
+        for q, value in results.items():
+            self.outcomes[row, self.index[q]] = float(value)
+
+    # ------------------------------------------------------------- storage
+    def arrays(self) -> dict[str, torch.Tensor]:
+        return {"item_embeddings": torch.from_numpy(self.embeddings.astype(np.float16)),
+                "item_tasks": torch.from_numpy(self.tasks.astype(np.int64)),
+                "pool_sum": torch.from_numpy(self.pool_sum.astype(np.float64)),
+                "pool_count": torch.from_numpy(self.pool_count.astype(np.float64)),
+                "outcomes": torch.from_numpy(self.outcomes.astype(np.float32)),
+                "trained": torch.from_numpy(self.trained.astype(np.int64))}
+
+    @classmethod
+    def from_arrays(cls, item_ids: list[str], arrays: dict[str, torch.Tensor],
+                    file: str = "") -> "EvidenceBank":
+        for key in ("item_embeddings", "item_tasks", "pool_sum", "pool_count", "outcomes",
+                    "trained"):
+            if key not in arrays:
+                raise DataError("missing array", file=file, field=key)
+        return cls(list(item_ids), arrays["item_embeddings"].float().numpy(),
+                   arrays["item_tasks"].numpy(), arrays["pool_sum"].numpy(),
+                   arrays["pool_count"].numpy(), arrays["outcomes"].double().numpy(),
+                   arrays["trained"].numpy().astype(bool))
