@@ -67,6 +67,9 @@ def test_scores_every_candidate_in_one_pass(router, data):
         alone = network(embeddings, router.bank.evidence(np.array([j])),
                         network.pack_queries(texts, 1)).logits[:, 0]
     np.testing.assert_allclose(torch.sigmoid(alone).numpy(), probs[:, j], atol=1e-5)
+    # Asking for some candidates scores only those (the LLM packs just them), same figures.
+    some = router.predict_proba(texts, [router.models[j], router.models[0]])
+    np.testing.assert_allclose(some, probs[:, [j, 0]], atol=1e-5)
 
 
 def router_queries(texts):
@@ -182,8 +185,12 @@ def test_onboarding_adds_a_model_from_its_aptitude_results(router, data, tmp_pat
     assert (p[:, 0] < p[:, 1]).all()
     with pytest.raises(DataError, match="already a candidate"):
         loaded.onboard("twin-a", results)
-    with pytest.raises(DataError, match="not on this router's items"):
+    with pytest.raises(DataError, match="not on this router.s aptitude items"):
         loaded.onboard("other", {"no/such/item": 1.0})
+    outside = next(q for q in loaded.bank.item_ids if q not in data.aptitude.item_ids)
+    with pytest.raises(DataError, match="not on this router.s aptitude items"):
+        loaded.onboard("other", {**results, outside: 1.0})  # checked against the test
+    loaded.onboard("wider", {**results, outside: 1.0}, scope="bank")  # an experiment's own
     with pytest.raises(DataError, match="in \\[0, 1\\]"):
         loaded.onboard("other", {q: 2.0 for q in results})
     with pytest.warns(WeakAptitudeInput):

@@ -202,7 +202,7 @@ def test_time_limit_is_met_including_the_final_validation(small_data_path, tiny_
     started = time.perf_counter()
     result = trainer.train()
     elapsed = time.perf_counter() - started
-    assert not result["completed"] and result["step"] > 2
+    assert not result["completed"] and result["step"] >= 1
     assert elapsed <= limit, elapsed
     assert "val_auc" in trainer.history[-1]
     assert trainer.latest_checkpoint().name == f"step-{result['step']:07d}"

@@ -68,8 +68,8 @@ class EvidenceBank:
             for r in range(len(rows)):
                 items = np.flatnonzero(has[r])
                 if len(items) > max_items:
-                    keep = np.random.default_rng([seed, r]).choice(items, max_items,
-                                                                   replace=False)
+                    rng = np.random.default_rng([seed, int(rows[r])])  # the candidate's own
+                    keep = rng.choice(items, max_items, replace=False)
                     has[r] = False
                     has[r, keep] = True
         used = np.flatnonzero(has.any(axis=0))

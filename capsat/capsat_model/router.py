@@ -147,19 +147,25 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             self._embedder = Embedder(self.config.capability_encoder, progress=self.progress)
         return self._embedder.encode(queries.texts, desc="capsat: embedding queries")
 
-    def evidence(self):
-        """Every candidate's evidence (``config.max_evidence`` items each at most), on the
-        router's device; rebuilt after onboarding."""
-        if self._evidence is None:
-            self._evidence = self.bank.evidence(max_items=self.config.max_evidence).to(
-                self.device)
-        return self._evidence
+    def evidence(self, rows: Sequence[int] | None = None):
+        """The evidence of the candidates at ``rows`` (default all; ``config.max_evidence``
+        items each at most), on the router's device; rebuilt after onboarding."""
+        key = None if rows is None else tuple(int(r) for r in rows)
+        if self._evidence is None or self._evidence[0] != key:
+            evidence = self.bank.evidence(None if rows is None else np.asarray(rows),
+                                          max_items=self.config.max_evidence)
+            self._evidence = (key, evidence.to(self.device))
+        return self._evidence[1]
 
     def _predict(self, queries: Queries) -> np.ndarray:
+        return self._predict_columns(queries, list(range(len(self.models))))
+
+    def _predict_columns(self, queries: Queries, columns: list[int]) -> np.ndarray:
+        """Only the asked candidates are read and packed: the LLM's cost grows with them."""
         network = self.network
         network.eval()
         device = self.device
-        evidence = self.evidence()
+        evidence = self.evidence(None if columns == list(range(len(self.models))) else columns)
         embeddings = torch.from_numpy(np.asarray(queries.embeddings, dtype=np.float32))
         out = []
         size = self.config.predict_batch_size
@@ -168,7 +174,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             for start in tqdm(starts, desc="capsat: scoring", unit="batch",
                               disable=not self.progress or len(starts) < 8, leave=False):
                 texts = queries.texts[start:start + size]
-                batch = (network.pack_queries(texts, len(self.models))
+                batch = (network.pack_queries(texts, len(columns))
                          if self.read_through_llm else None)
                 result = network(embeddings[start:start + size].to(device), evidence,
                                  None if batch is None else batch.to(device))
@@ -188,13 +194,17 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                 "discrimination": discrimination.cpu().numpy()}
 
     # ----------------------------------------------------------- onboarding
-    def takes_aptitude(self, aptitude: AptitudeTest) -> bool:
-        """Any items of the bank onboard a model (the shipped aptitude test is one choice)."""
-        return set(aptitude.item_ids) <= set(self.bank.index)
+    def takes_aptitude(self, aptitude: AptitudeTest) -> str | None:
+        """Its own aptitude test; any other whose items are all in the bank, under scope
+        "bank"."""
+        if self.aptitude == aptitude:
+            return "aptitude"
+        return "bank" if set(aptitude.item_ids) <= set(self.bank.index) else None
 
-    def check_onboarding(self, name, results, replace):
-        """Per-item results on any item of the bank (the shipped aptitude items are the
-        test to take); per-task accuracies are accepted with a warning (the weaker input)."""
+    def check_onboarding(self, name, results, replace, scope: str = "aptitude"):
+        """Per-item results on the router's aptitude items (``capsat aptitude export``), or
+        with ``scope="bank"`` on any item of its evidence bank; per-task accuracies are
+        accepted with a warning (the weaker input)."""
         if name in self.models and not replace:
             raise DataError(f"{name!r} is already a candidate; pass replace=True to update it",
                             field="name")
@@ -210,10 +220,12 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                 raise DataError(f"score of {item!r} must be a number in [0, 1], got "
                                 f"{value!r}", field="score")
             out[str(item)] = float(value)
-        unknown = [q for q in out if q not in self.bank.index]
+        allowed = (self.bank.index if scope == "bank" or self.aptitude is None
+                   else self.aptitude.item_ids)
+        unknown = [q for q in out if q not in allowed]
         if unknown:
-            raise DataError(f"{len(unknown)} result(s) are not on this router's items (its "
-                            f"aptitude test, `capsat aptitude export`), e.g. {unknown[:3]}",
+            raise DataError(f"{len(unknown)} result(s) are not on this router's aptitude items "
+                            f"(`capsat aptitude export`), e.g. {unknown[:3]}",
                             field="results")
         return out
 
@@ -239,10 +251,10 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         return out
 
     def onboard(self, name: str, results: Mapping[str, float], *, price: dict | None = None,
-                replace: bool = False) -> Candidate:
+                replace: bool = False, scope: str = "aptitude") -> Candidate:
         """Add a model from its aptitude results alone (item id -> score; no retraining)."""
         from_tasks = set(results) <= set(self.tasks)
-        items = self.check_onboarding(name, results, replace)
+        items = self.check_onboarding(name, results, replace, scope)
         candidate = Candidate(name, "onboarded", dict(price or {}),
                               {"items": len(items),
                                "source": "task accuracies" if from_tasks else "item results"})

@@ -212,14 +212,15 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
                 router = klass(**options).fit(train, validation, embeddings, split=split,
                                               seed=seed, aptitude=experiment.aptitude)
             if onboarding and not klass.cheats:
-                if not router.takes_aptitude(experiment.aptitude):
+                scope = router.takes_aptitude(experiment.aptitude)
+                if scope is None:
                     result.skipped[spec.label] = ("cannot take this split's aptitude test "
                                                   "(made on another split?): train it on this "
                                                   "split")
                     continue
                 for model in test_models:
                     router.onboard(model, aptitude_results[model],
-                                   replace=model in router.models)
+                                   replace=model in router.models, scope=scope)
             fit_seconds = time.perf_counter() - t0
             unseen = [m for m in test_models if m not in router.models]
             if unseen:

@@ -261,15 +261,24 @@ class Router(ABC):
             return np.zeros((0, len(columns)))
         if self.uses_embeddings and queries.embeddings is None:
             queries.embeddings = self.embed(queries)
-        probs = np.asarray(self._predict(queries), dtype=float)
-        if probs.shape != (len(queries), len(self.models)):
-            raise RuntimeError(f"{self.name}: _predict returned shape {probs.shape}, expected "
-                               f"{(len(queries), len(self.models))}")
-        return np.clip(probs[:, columns], 0.0, 1.0)
+        probs = np.asarray(self._predict_columns(queries, columns), dtype=float)
+        if probs.shape != (len(queries), len(columns)):
+            raise RuntimeError(f"{self.name}: predicted shape {probs.shape}, expected "
+                               f"{(len(queries), len(columns))}")
+        return np.clip(probs, 0.0, 1.0)
 
     @abstractmethod
     def _predict(self, queries: Queries) -> np.ndarray:
         """(n_queries x len(self.models)) probabilities."""
+
+    def _predict_columns(self, queries: Queries, columns: list[int]) -> np.ndarray:
+        """The probabilities of the candidates at ``columns`` only; a router whose cost grows
+        with the candidates (CapSAT) scores just those."""
+        probs = np.asarray(self._predict(queries), dtype=float)
+        if probs.shape != (len(queries), len(self.models)):
+            raise RuntimeError(f"{self.name}: _predict returned shape {probs.shape}, expected "
+                               f"{(len(queries), len(self.models))}")
+        return probs[:, columns]
 
     def _columns(self, models: Sequence[str] | None) -> list[int]:
         if models is None:
@@ -284,15 +293,18 @@ class Router(ABC):
 
     # ----------------------------------------------------------- onboarding
     def onboard(self, name: str, results: Mapping[str, float], *, price: dict | None = None,
-                replace: bool = False) -> None:
+                replace: bool = False, scope: str = "aptitude") -> None:
         """Add the model ``name`` from its scores on the aptitude test's core items alone
-        (``results``: item id -> score in [0, 1]); only routers with ``can_onboard``."""
+        (``results``: item id -> score in [0, 1]); only routers with ``can_onboard``.
+        ``scope="bank"`` (CapSAT) accepts results on any item the router holds evidence
+        slots for (an experiment with another aptitude test than the router's own)."""
         raise NotImplementedError(f"{self.name} cannot onboard a new model: it knows only the "
                                   f"models it was fitted on")
 
-    def takes_aptitude(self, aptitude: AptitudeTest) -> bool:
-        """Whether results on ``aptitude``'s core items can onboard a model here."""
-        return self.aptitude == aptitude
+    def takes_aptitude(self, aptitude: AptitudeTest) -> str | None:
+        """The onboarding ``scope`` under which results on ``aptitude``'s core items onboard
+        a model here (None: they cannot)."""
+        return "aptitude" if self.aptitude == aptitude else None
 
     def check_onboarding(self, name: str, results: Mapping[str, float], replace: bool
                          ) -> dict[str, float]:

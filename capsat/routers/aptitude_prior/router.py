@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_builders.errors import DataError
+
 from data_builders.aptitude import score_models
 
 from ..base import Queries, Router
@@ -61,7 +63,10 @@ class AptitudePriorRouter(Router):
         rows = query_tasks(queries, self.tasks, self.centroids)
         return self._table(self.prior_weight)[:, rows].T
 
-    def onboard(self, name, results, *, price=None, replace=False):
+    def onboard(self, name, results, *, price=None, replace=False, scope="aptitude"):
+        if scope != "aptitude":
+            raise DataError(f"{self.name} onboards from its own aptitude test only",
+                            field="scope")
         results = self.check_onboarding(name, results, replace)
         task_of = self.aptitude.task_of()
         row = np.array([np.mean([v for q, v in results.items() if task_of[q] == t])

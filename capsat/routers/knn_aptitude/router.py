@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_builders.errors import DataError
+
 from ..base import Queries, Router
 from ..common import (
     check_grid,
@@ -71,7 +73,10 @@ class KnnAptitudeRouter(Router):
     def _predict(self, queries: Queries) -> np.ndarray:
         return self._estimate(self._order(queries), self.k, self.prior_weight)
 
-    def onboard(self, name, results, *, price=None, replace=False):
+    def onboard(self, name, results, *, price=None, replace=False, scope="aptitude"):
+        if scope != "aptitude":
+            raise DataError(f"{self.name} onboards from its own aptitude test only",
+                            field="scope")
         results = self.check_onboarding(name, results, replace)
         row = np.array([results.get(q, np.nan) for q in self.items])
         if name in self.models:
