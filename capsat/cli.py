@@ -1,5 +1,5 @@
 """The ``capsat`` command: ``eval | ls | validate | train | onboard | explain | route |
-frontier | push | pull``.
+frontier | serve | calibrate | aptitude | push | pull``.
 
 Errors from user input (bad files, flags, names) are one line naming the file, line and the
 flag or field; ``CAPSAT_DEBUG=1`` shows the traceback instead.
@@ -291,6 +291,14 @@ def cmd_frontier(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.app import serve
+    from .serving.config import ServeConfig, from_args
+
+    serve(from_args(ServeConfig, args))
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push
 
@@ -467,6 +475,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     fr.add_argument("--out", required=True, help="directory for frontier.json and "
                                                  "frontier.png")
     fr.set_defaults(func=cmd_frontier)
+
+    from .serving.config import ServeConfig, add_arguments
+
+    se = command("serve", help="an OpenAI-compatible server that routes each chat request to "
+                               "the best candidate backend (FastAPI + uvicorn)")
+    add_arguments(se, ServeConfig, required=("router", "backends"))
+    se.set_defaults(func=cmd_serve)
 
     pu = command("push", help="upload a saved router folder to the Hugging Face Hub")
     pu.add_argument("router_dir")
