@@ -299,6 +299,79 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .serving.calibrate import CalibrateConfig, calibrate, format_result
+    from .serving.config import from_args
+
+    result = calibrate(from_args(CalibrateConfig, args))
+    print(format_result(result))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_aptitude_run(args) -> int:
+    from .serving.aptitude_run import AptitudeRun, run_aptitude
+
+    api_key = "unused"
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env) or ""
+        if not api_key:
+            raise DataError(f"environment variable {args.api_key_env} is not set",
+                            field="api_key_env")
+    run = AptitudeRun(args.endpoint, args.model, args.out, api_key=api_key,
+                      concurrency=args.concurrency, max_tokens=args.max_tokens,
+                      timeout=args.timeout)
+    summary = run_aptitude(args.router, run, items_file=args.items,
+                           items_per_task=args.items_per_task, name=args.name,
+                           price=_json_option(args.price, "--price"), replace=args.replace)
+    print(f"aptitude of {summary['name']!r} ({summary['items']} items, {summary['resumed']} "
+          f"resumed, {summary['unparseable']} unparseable replies; accuracy "
+          f"{summary['accuracy']:.3f}):")
+    for task, accuracy in summary["aptitude"].items():
+        print(f"  {task:<20} {accuracy:.3f}")
+    if summary["asked_now"]:
+        print(f"time per item: {summary['wall_seconds_per_item']:.2f} s wall at concurrency "
+              f"{summary['concurrency']} ({summary['mean_call_seconds']:.2f} s per call); "
+              f"{summary['asked_now']} asked in {summary['wall_seconds']:.1f} s")
+    print(f"onboarded into {summary['router']} ({summary['candidates']} candidates); wrote "
+          f"{args.out}/replies.jsonl, aptitude.json and summary.json")
+    return 0
+
+
+def cmd_aptitude_items(args) -> int:
+    """The aptitude items file of a router's core items (the selection `capsat train` makes),
+    checked against the router's recorded aptitude results."""
+    from data_builders.aptitude import score_models
+    from data_builders.experiment import prepare_experiment
+
+    from data_builders.atomic import write_text
+
+    from .serving.aptitude_run import build_items, mmlu_pro_answers
+
+    experiment = prepare_experiment(args.data, "query", seed=args.seed,
+                                    k_per_task=args.k_per_task)
+    test = experiment.aptitude
+    if args.router:
+        from .routing.resolve import resolve_router
+
+        router = resolve_router(args.router, progress=False).router
+        scores = score_models(test, experiment.table.subset(list(experiment.split.train)))
+        for model in router.models:
+            recorded = router.candidates[model].aptitude
+            if model in scores.index and any(abs(scores.loc[model, t] - recorded[t]) > 1e-9
+                                             for t in recorded):
+                raise DataError(f"these core items do not give {model!r} the aptitude results "
+                                f"the router records: not its items (check --seed and "
+                                f"--k-per-task)", field="router")
+    ids = [q for task in test.tasks for q in test.items[task]]
+    items = build_items(experiment.table, ids, mmlu_pro_answers(args.answers))
+    write_text(args.out, "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n"
+                                 for item in items))
+    print(f"wrote {len(items)} items ({len(test.tasks)} tasks x {args.k_per_task}) to {args.out}")
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push
 
@@ -483,6 +556,48 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_arguments(se, ServeConfig, required=("router", "backends"))
     se.set_defaults(func=cmd_serve)
 
+    from .serving.calibrate import CalibrateConfig
+
+    ca = command("calibrate", help="choose a threshold or trade-off that meets a target share "
+                                   "or cost on validation rows; report it on test rows")
+    add_arguments(ca, CalibrateConfig, required=("router", "data"))
+    ca.set_defaults(func=cmd_calibrate)
+
+    ap = command("aptitude", help="run a router's aptitude items against a model (and onboard "
+                                  "it)")
+    ap_sub = ap.add_subparsers(dest="subcommand", required=True)
+    commands["aptitude run"] = ar = ap_sub.add_parser(
+        "run", help="ask an OpenAI-compatible endpoint the router's aptitude items, grade the "
+                    "replies (resumable) and onboard the model into a copy of the router")
+    ar.add_argument("--router", required=True, help="CapSAT router: a folder, 'default' or a "
+                                                    "hub id")
+    ar.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8001/v1")
+    ar.add_argument("--model", required=True, help="the endpoint's model name")
+    ar.add_argument("--out", required=True, help="folder for replies.jsonl, aptitude.json, "
+                                                 "summary.json and the onboarded router")
+    ar.add_argument("--name", help="candidate name in the router (default: --model)")
+    ar.add_argument("--api-key-env", help="environment variable holding the endpoint's key")
+    ar.add_argument("--items", help="aptitude items JSONL (default: the router folder's "
+                                    "aptitude_items.jsonl)")
+    ar.add_argument("--items-per-task", type=int, help="ask only the first N items of each task")
+    ar.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ar.add_argument("--max-tokens", type=int, default=16, help="reply length limit")
+    ar.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ar.add_argument("--price", help='JSON object, e.g. {"input_price": 0.2, "output_price": 0.2}')
+    ar.add_argument("--replace", action="store_true", help="update an existing candidate")
+    ar.set_defaults(func=cmd_aptitude_run)
+    commands["aptitude items"] = ai = ap_sub.add_parser(
+        "items", help="write the aptitude items file of a router's core items (MMLU-Pro: "
+                      "question texts from the outcome table, answers from questions.jsonl)")
+    ai.add_argument("--data", default="mmlu_pro", help="outcome data the router was trained on")
+    ai.add_argument("--answers", required=True, help="MMLU-Pro questions.jsonl (answer letters)")
+    ai.add_argument("--seed", type=int, default=0, help="the training split's seed")
+    ai.add_argument("--k-per-task", type=int, default=10, help="the training's core items per "
+                                                              "task")
+    ai.add_argument("--router", help="check the items against this router's recorded aptitude")
+    ai.add_argument("--out", required=True, help="the JSONL file to write")
+    ai.set_defaults(func=cmd_aptitude_items)
+
     pu = command("push", help="upload a saved router folder to the Hugging Face Hub")
     pu.add_argument("router_dir")
     pu.add_argument("repo_id", help="owner/name")
@@ -537,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as err:  # DataError is a ValueError
         if os.environ.get("CAPSAT_DEBUG"):
             raise
-        print(f"capsat {args.command}: error: {describe(err, flag_names(commands[args.command]))}",
+        name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+        print(f"capsat {name}: error: {describe(err, flag_names(commands[name]))}",
               file=sys.stderr)
         return 2
 

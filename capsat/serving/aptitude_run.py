@@ -1,0 +1,384 @@
+"""``capsat aptitude run``: give a router's aptitude items to a model behind an OpenAI-compatible
+endpoint, grade its replies, and onboard it into a copy of the router.
+
+Items file (``aptitude_items.jsonl`` in a CapSAT router folder, or ``--items FILE``): one JSON
+object per line::
+
+    {"id": "mmlu_pro/123", "task": "math", "question": "<the full question, options included>",
+     "choices": ["A", "B", ...] or null, "answer": "C", "grading": "multiple_choice"}
+
+Gradings: ``multiple_choice`` (the option letter is read from the reply: "The answer is (C)",
+"C) ...", "**C**", "Answer: C"; a reply with no readable letter scores 0 and is counted as
+unparseable) and ``exact_match`` (the reply, trimmed and case-folded, equals the answer).
+
+``OUT/replies.jsonl`` gets one line per finished item (reply, extracted answer, score,
+seconds), appended whole (``decisions.AppendLog``): a killed run started again with the same
+arguments skips the items already there. ``OUT/run.json`` records what the run is (endpoint,
+model, items), so a folder is never resumed with another model. Then the per-task accuracies
+go to ``OUT/aptitude.json`` and the router with the new candidate to ``OUT/router`` (written
+atomically).
+
+Onboarding goes through ``onboard_from_item_scores``, the one place that turns per-item
+scores into what the router's ``onboard`` takes (per-task accuracies today).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from data_builders.atomic import write_json
+from data_builders.errors import DataError
+
+from .decisions import AppendLog, read_log
+
+ITEMS_FILE = "aptitude_items.jsonl"
+GRADINGS = ("multiple_choice", "exact_match")
+ITEM_FIELDS = ("id", "task", "question", "choices", "answer", "grading")
+INSTRUCTION = "Answer with the letter of the correct option."
+
+
+@dataclass(frozen=True)
+class AptitudeItem:
+    id: str
+    task: str
+    question: str
+    choices: tuple[str, ...] | None
+    answer: str
+    grading: str
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["choices"] = None if self.choices is None else list(self.choices)
+        return values
+
+
+def read_items(path: str | Path) -> list[AptitudeItem]:
+    """Every item of an items file; errors name the file, the line and the field."""
+    path = str(path)
+    items, seen = [], {}
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("no such aptitude items file", file=path) from None
+    with handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                raise DataError("blank line", file=path, line=line_no)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON: {err.msg}", file=path, line=line_no) from None
+            item = _item(record, path, line_no)
+            if item.id in seen:
+                raise DataError(f"item {item.id!r} is also on line {seen[item.id]}", file=path,
+                                line=line_no, field="id")
+            seen[item.id] = line_no
+            items.append(item)
+    if not items:
+        raise DataError("no items", file=path)
+    return items
+
+
+def _item(record, path: str, line: int) -> AptitudeItem:
+    def error(message: str, field: str | None = None) -> DataError:
+        return DataError(message, file=path, line=line, field=field)
+
+    if not isinstance(record, dict):
+        raise error("expected a JSON object")
+    for name in ITEM_FIELDS:
+        if name not in record:
+            raise error("missing", name)
+    unknown = sorted(set(record) - set(ITEM_FIELDS))
+    if unknown:
+        raise error(f"unknown field(s) {unknown}; known: {list(ITEM_FIELDS)}", unknown[0])
+    for name in ("id", "task", "question", "answer"):
+        if not isinstance(record[name], str) or not record[name].strip():
+            raise error("must be a non-empty string", name)
+    if record["grading"] not in GRADINGS:
+        raise error(f"unknown grading {record['grading']!r}; known: {list(GRADINGS)}",
+                    "grading")
+    choices = record["choices"]
+    if choices is not None and (not isinstance(choices, list) or not choices or not all(
+            isinstance(c, str) and c for c in choices) or len(set(choices)) != len(choices)):
+        raise error("must be null or a list of distinct non-empty strings", "choices")
+    if record["grading"] == "multiple_choice":
+        if choices is None or not all(re.fullmatch(r"[A-Z]", c) for c in choices):
+            raise error("multiple_choice needs the option letters, e.g. [\"A\", \"B\"]",
+                        "choices")
+        if record["answer"] not in choices:
+            raise error(f"answer {record['answer']!r} is not one of the choices {choices}",
+                        "answer")
+    return AptitudeItem(record["id"], record["task"], record["question"],
+                        None if choices is None else tuple(choices), record["answer"],
+                        record["grading"])
+
+
+def load_aptitude_items(router_dir: str | Path) -> list[AptitudeItem]:
+    """The aptitude items a router folder ships (``aptitude_items.jsonl``)."""
+    path = Path(router_dir) / ITEMS_FILE
+    if not path.is_file():
+        raise DataError(f"this router ships no {ITEMS_FILE}; give the items with --items",
+                        file=str(router_dir))
+    return read_items(path)
+
+
+def first_per_task(items: Sequence[AptitudeItem], n: int | None) -> list[AptitudeItem]:
+    """The first ``n`` items of every task, in file order (all with ``n`` None or 0)."""
+    if not n:
+        return list(items)
+    counts: dict[str, int] = defaultdict(int)
+    chosen = []
+    for item in items:
+        if counts[item.task] < n:
+            counts[item.task] += 1
+            chosen.append(item)
+    return chosen
+
+
+# ------------------------------------------------------------------ grading
+_LETTER = r"\(?\**\s*([A-Z])\s*\**\)?"
+# Tried in order; the first pattern that finds a letter among the choices wins.
+_PATTERNS = [
+    re.compile(r"answer\s*(?:is|:|=)?\s*(?:option\s*)?[:\-]?\s*" + _LETTER + r"(?![a-z])",
+               re.IGNORECASE),  # "The answer is (C)", "Answer: C", "answer is **C**"
+    re.compile(r"^\s*" + r"\(?\**([A-Z])\**\)?" + r"(?:[).:,\]]|\s*$|\*\*)"),  # "C) ...", "C."
+    re.compile(r"\*\*\(?([A-Z])\)?\*\*"),  # "**C**" anywhere
+    re.compile(r"\(([A-Z])\)"),  # "(C)" anywhere
+    re.compile(r"(?:option|choice)\s+\(?([A-Z])\b", re.IGNORECASE),  # "option C"
+]
+
+
+def extract_choice(reply: str, choices: Sequence[str]) -> str | None:
+    """The option letter a reply gives, or None when none can be read."""
+    allowed = set(choices)
+    for pattern in _PATTERNS:
+        for match in pattern.finditer(reply or ""):
+            letter = match.group(1).upper()
+            if letter in allowed:
+                return letter
+    return None
+
+
+def grade(item: AptitudeItem, reply: str) -> tuple[float, str | None]:
+    """(score, the answer read from the reply; None: unparseable)."""
+    if item.grading == "multiple_choice":
+        extracted = extract_choice(reply, item.choices)
+    else:
+        extracted = (reply or "").strip() or None
+    if extracted is None:
+        return 0.0, None
+    same = extracted.casefold() == item.answer.strip().casefold()
+    return float(same), extracted
+
+
+def prompt_of(item: AptitudeItem) -> str:
+    return f"{item.question}\n\n{INSTRUCTION}" if item.grading == "multiple_choice" else \
+        item.question
+
+
+# ------------------------------------------------------------------ onboarding
+def per_task_accuracy(items: Sequence[AptitudeItem], scores: Mapping[str, float]
+                      ) -> dict[str, float]:
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for item in items:
+        if item.id in scores:
+            by_task[item.task].append(float(scores[item.id]))
+    return {task: sum(values) / len(values) for task, values in sorted(by_task.items())}
+
+
+def onboard_from_item_scores(router, name: str, items: Sequence[AptitudeItem],
+                             scores: Mapping[str, float], *, price: dict | None = None,
+                             replace: bool = False):
+    """Onboard ``name`` from its per-item scores (item id -> score in [0, 1]).
+
+    The adapter point: ``CapsatRouter.onboard`` takes per-task accuracies today, so they are
+    built here; when it accepts per-item results, pass ``scores`` through instead.
+    """
+    aptitude = per_task_accuracy(items, scores)
+    return router.onboard(name, aptitude, price=price, replace=replace), aptitude
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class AptitudeRun:
+    endpoint: str
+    model: str
+    out: str
+    api_key: str = "unused"
+    concurrency: int = 4
+    max_tokens: int = 16
+    timeout: float = 120.0
+
+
+def _fingerprint(run: AptitudeRun, items: Sequence[AptitudeItem]) -> dict:
+    digest = hashlib.sha256(json.dumps([i.to_json() for i in items], sort_keys=True).encode())
+    return {"endpoint": run.endpoint, "model": run.model, "max_tokens": run.max_tokens,
+            "items": len(items), "items_sha256": digest.hexdigest()}
+
+
+def _check_same_run(out: Path, fingerprint: dict) -> None:
+    path = out / "run.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != fingerprint:
+            changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+            raise DataError(f"this folder holds another run (differs in {changed}); give "
+                            f"another --out", file=str(path))
+    else:
+        write_json(path, fingerprint)
+
+
+async def _ask(client, run: AptitudeRun, item: AptitudeItem) -> tuple[str, str | None, float]:
+    started = time.perf_counter()
+    reply = await client.chat.completions.create(
+        model=run.model, messages=[{"role": "user", "content": prompt_of(item)}],
+        max_tokens=run.max_tokens, temperature=0)
+    choice = reply.choices[0]
+    return choice.message.content or "", choice.finish_reason, time.perf_counter() - started
+
+
+async def answer_items(run: AptitudeRun, items: Sequence[AptitudeItem], log: AppendLog,
+                       progress=None) -> dict:
+    """Ask every item (``concurrency`` at a time), appending each graded reply as it ends.
+    Returns counts; failed items are not written, so a rerun asks them again."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=run.endpoint, api_key=run.api_key,
+                                timeout=run.timeout, max_retries=2)
+    limit = asyncio.Semaphore(run.concurrency)
+    failures: list[str] = []
+
+    async def one(item: AptitudeItem) -> None:
+        async with limit:
+            try:
+                reply, finish, seconds = await _ask(client, run, item)
+            except openai.OpenAIError as err:
+                failures.append(f"{item.id}: {type(err).__name__}: {err}"[:200])
+                return
+            score, extracted = grade(item, reply)
+            log.append({"id": item.id, "task": item.task, "reply": reply,
+                        "extracted": extracted, "answer": item.answer, "score": score,
+                        "parsed": extracted is not None, "finish_reason": finish,
+                        "seconds": round(seconds, 3)})
+            if progress is not None:
+                progress(item)
+
+    try:
+        await asyncio.gather(*(one(item) for item in items))
+    finally:
+        await client.close()
+    return {"failed": failures}
+
+
+def run_aptitude(router_spec: str, run: AptitudeRun, *, items_file: str | None = None,
+                 items_per_task: int | None = None, name: str | None = None,
+                 price: dict | None = None, replace: bool = False) -> dict:
+    """The whole ``capsat aptitude run``: ask, grade, onboard, save. Returns the summary."""
+    from ..routing.resolve import resolve_router
+
+    folder = _router_folder(router_spec)
+    items = read_items(items_file) if items_file else load_aptitude_items(folder)
+    items = first_per_task(items, items_per_task)
+    router = resolve_router(router_spec, progress=False).router
+    if not hasattr(router, "onboard"):
+        raise DataError(f"a {router.name} router cannot onboard a model from aptitude results; "
+                        f"use a CapSAT router", field="router")
+    unknown = sorted({i.task for i in items} - set(router.tasks))
+    if unknown:
+        raise DataError(f"items of task(s) {unknown} the router does not have (its tasks: "
+                        f"{router.tasks})", file=items_file or str(folder), field="task")
+    name = name or run.model
+    if name in router.models and not replace:
+        raise DataError(f"{name!r} is already a candidate of the router; give --name or "
+                        f"--replace", field="name")
+
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, _fingerprint(run, items))
+    replies_path = out / "replies.jsonl"
+    with AppendLog(replies_path, fsync=True) as log:
+        wanted = {i.id for i in items}
+        done = {r["id"] for r in read_log(replies_path) if r.get("id") in wanted}
+        pending = [i for i in items if i.id not in done]
+        print(f"aptitude run: {len(items)} items ({len(done)} already answered in "
+              f"{replies_path}, {len(pending)} to ask) on {run.endpoint} model {run.model}",
+              flush=True)
+        started = time.perf_counter()
+        counts = asyncio.run(answer_items(run, pending, log))
+        wall = time.perf_counter() - started
+    replies = {r["id"]: r for r in read_log(replies_path) if r.get("id") in wanted}
+    asked = len(pending) - len(counts["failed"])
+    if counts["failed"]:
+        raise DataError(f"{len(counts['failed'])} item(s) got no reply (e.g. "
+                        f"{counts['failed'][0]}); run the same command again to ask them",
+                        file=str(replies_path))
+    scores = {item_id: r["score"] for item_id, r in replies.items()}
+    candidate, aptitude = onboard_from_item_scores(router, name, items, scores, price=price,
+                                                   replace=replace)
+    write_json(out / "aptitude.json", aptitude)
+    router.save_pretrained(out / "router")
+    this_run = [r["seconds"] for i, r in replies.items() if i not in done]
+    summary = {"model": run.model, "name": name, "endpoint": run.endpoint,
+               "items": len(items), "asked_now": asked, "resumed": len(done),
+               "unparseable": sum(1 for r in replies.values() if not r["parsed"]),
+               "aptitude": aptitude,
+               "accuracy": sum(scores.values()) / len(scores),
+               "wall_seconds": round(wall, 3),
+               "wall_seconds_per_item": round(wall / asked, 3) if asked else None,
+               "mean_call_seconds": round(sum(this_run) / len(this_run), 3) if this_run else None,
+               "concurrency": run.concurrency, "router": str(out / "router"),
+               "candidates": len(router.models)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _router_folder(spec: str) -> Path:
+    if Path(spec).is_dir():
+        return Path(spec)
+    if spec == "default":
+        from ..capsat_model.router import DEFAULT_ROUTER_DIR
+
+        return DEFAULT_ROUTER_DIR
+    return Path(spec)  # a hub id: its items come with --items
+
+
+# ------------------------------------------------------------------ building an items file
+def build_items(table, item_ids: Sequence[str], answers: Mapping[str, str]) -> list[AptitudeItem]:
+    """Multiple-choice items from an outcome table's question texts (options included, as
+    ``A) ...`` lines) and an answer key (query id -> letter)."""
+    texts = dict(zip(table.query_ids, table.texts))
+    tasks = dict(zip(table.query_ids, table.tasks))
+    items = []
+    for item_id in item_ids:
+        if item_id not in texts:
+            raise DataError(f"item {item_id!r} is not in {table.name!r}", field="id")
+        if item_id not in answers:
+            raise DataError(f"no answer for item {item_id!r}", field="answer")
+        letters = re.findall(r"^([A-Z])\) ", texts[item_id], flags=re.MULTILINE)
+        if answers[item_id] not in letters:
+            raise DataError(f"item {item_id!r}: answer {answers[item_id]!r} is not one of its "
+                            f"options {letters}", field="answer")
+        items.append(AptitudeItem(item_id, tasks[item_id], texts[item_id], tuple(letters),
+                                  answers[item_id], "multiple_choice"))
+    return items
+
+
+def mmlu_pro_answers(questions_file: str) -> dict[str, str]:
+    """query id (``mmlu_pro/<question_id>``) -> answer letter, from MMLU-Pro's
+    ``questions.jsonl``."""
+    answers = {}
+    for line_no, line in enumerate(open(questions_file, encoding="utf-8"), 1):
+        try:
+            record = json.loads(line)
+            answers[f"mmlu_pro/{record['question_id']}"] = record["answer"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise DataError(f"not an MMLU-Pro question record ({err})", file=questions_file,
+                            line=line_no) from None
+    return answers
