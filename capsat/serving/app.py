@@ -40,9 +40,7 @@ def create_app(controller: Controller, *, api_key: str | None = None,
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await controller.aclose()
-        if controller.log is not None:
-            controller.log.close()
+        await controller.aclose()  # its clients and scoring worker; the log stays open
 
     app = FastAPI(title="capsat", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
@@ -175,4 +173,7 @@ def serve(config: ServeConfig) -> None:
           f"candidate(s) ({', '.join(controller.models)}), policy {controller.policy}"
           f"{f', budget {config.budget:g} per {config.budget_window:g} s' if config.budget else ''}"
           f"{log}; http://{config.host}:{config.port}/v1", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    finally:
+        controller.close()

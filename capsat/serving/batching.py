@@ -21,7 +21,7 @@ class MicroBatcher:
                  max_size: int = 32):
         self.score_batch, self.window = score, window_ms / 1000.0
         self.max_size = max(1, int(max_size))
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capsat-score")
+        self.executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue | None = None
         self._loop = None
         self._worker: asyncio.Task | None = None
@@ -32,6 +32,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # one worker per event loop (the server's, or our own)
             self._loop, self._queue = loop, asyncio.Queue()
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capsat-score")
             self._worker = loop.create_task(self._run())
         return self._queue
 
@@ -68,6 +69,9 @@ class MicroBatcher:
                     future.set_result(row)
 
     async def aclose(self) -> None:
+        """Stop the worker; a later ``score`` (e.g. on another loop) starts a new one."""
         if self._worker is not None:
             self._worker.cancel()
-        self.executor.shutdown(wait=False)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+        self._loop = self._queue = self._worker = self.executor = None

@@ -19,7 +19,8 @@ cannot change model (the client has the headers already): it ends with an error 
 
 Conversations keep their model: the key is the ``x-capsat-conversation-id`` header, else a
 digest of the conversation's opening (system prompt and first user turn, which every later
-turn repeats); the model that answered is remembered in a bounded LRU. Every decision is one
+turn repeats); the model that answered is remembered in a bounded LRU. A binding budget
+outranks affinity: a remembered model dearer than the budget's choice is not kept. Every decision is one
 line of the decision log (``decisions.py``), written when the request ends.
 """
 from __future__ import annotations
@@ -180,7 +181,8 @@ class Decision:
     expected_costs: dict[str, float]
     policy: str
     dual_price: float | None  # the budget's, when there is one
-    affinity: str  # off | new | kept | moved (the remembered model is not configured)
+    affinity: str  # off | new | kept | moved (the remembered model is not configured) |
+    #                budget (the budget's price made the remembered model too dear)
     routing_ms: float
     answered_by: str | None = None  # the candidate whose answer the client got
 
@@ -316,6 +318,9 @@ class Controller:
         if affinity:
             kept = self.affinity.get(key)
             how = "new" if kept is None else ("kept" if kept in self.models else "moved")
+            if how == "kept" and lam and costs[self.models.index(kept)] > costs[
+                    self.models.index(order[0])]:
+                how = "budget"  # a binding budget outranks affinity: it only makes choices cheaper
             if how == "kept":
                 order.remove(kept)
                 order.insert(0, kept)
