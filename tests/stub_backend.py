@@ -5,6 +5,7 @@ fault tests and the load bench (real HTTP, real SSE; no model).
 - ``slow:SECONDS``: the same, after a pause (a timeout when SECONDS exceeds the caller's).
 - ``status:CODE``: an OpenAI-style error with that HTTP status.
 - ``die-midstream``: streams one chunk, then drops the connection.
+- ``answer:LETTER[:SECONDS]``: answers ``The answer is (LETTER).`` (after a pause).
 
 Every call is recorded in ``app.state.calls`` (model name, stream flag).
 """
@@ -44,6 +45,10 @@ def create_stub_app() -> FastAPI:
             await asyncio.sleep(float(value))
         text = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         words = ["echo:", *str(text).split()[:8]]
+        if kind == "answer":
+            letter, _, pause = value.partition(":")
+            await asyncio.sleep(float(pause or 0))
+            words = ["The", "answer", "is", f"({letter})."]
         usage = {"prompt_tokens": len(str(text).split()), "completion_tokens": len(words),
                  "total_tokens": len(str(text).split()) + len(words)}
         if not stream:

@@ -146,12 +146,14 @@ def first_per_task(items: Sequence[AptitudeItem], n: int | None) -> list[Aptitud
 _LETTER = r"\(?\**\s*([A-Z])\s*\**\)?"
 # Tried in order; the first pattern that finds a letter among the choices wins.
 _PATTERNS = [
-    re.compile(r"answer\s*(?:is|:|=)?\s*(?:option\s*)?[:\-]?\s*" + _LETTER + r"(?![a-z])",
-               re.IGNORECASE),  # "The answer is (C)", "Answer: C", "answer is **C**"
-    re.compile(r"^\s*" + r"\(?\**([A-Z])\**\)?" + r"(?:[).:,\]]|\s*$|\*\*)"),  # "C) ...", "C."
+    # "The answer is (C)", "Answer: C", "answer is **D**" (letters are capitals: "the answer is
+    # a mystery" reads no letter)
+    re.compile(r"(?i:answer)\s*(?:is|:|=)?\s*(?:(?i:option)\s*)?[:\-]?\s*" + _LETTER
+               + r"(?![A-Za-z])"),
+    re.compile(r"^\s*\(?\**([A-Z])\**\)?(?:[).:,\]]|\s*$|\*\*)"),  # "C) ...", "C.", "C"
     re.compile(r"\*\*\(?([A-Z])\)?\*\*"),  # "**C**" anywhere
     re.compile(r"\(([A-Z])\)"),  # "(C)" anywhere
-    re.compile(r"(?:option|choice)\s+\(?([A-Z])\b", re.IGNORECASE),  # "option C"
+    re.compile(r"(?i:option|choice)\s*(?:is\s*)?[:\-]?\s*\(?([A-Z])(?![A-Za-z])"),  # "option F"
 ]
 
 
