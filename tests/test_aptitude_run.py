@@ -14,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from capsat.capsat_model.config import CapsatConfig
 from capsat.capsat_model.router import CapsatRouter
 from capsat.cli import main as cli_main
 from capsat.serving.aptitude_run import (AptitudeRun, extract_choice, first_per_task, grade,
                                          load_aptitude_items, read_items, run_aptitude)
+from aptitude_fixtures import tiny_router_dir  # noqa: F401  (a fixture)
 from data_builders import DataError
 from servers import ServerThread
 from stub_backend import create_stub_app
-from train.config import TrainConfig
-from train.data import prepare
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "mmlu_pro_aptitude_items.jsonl"
@@ -71,23 +69,6 @@ def test_items_file_is_checked_with_line_and_field(tmp_path):
         load_aptitude_items(tmp_path)
     assert grade(items[0], f"The answer is ({items[0].answer})") == (1.0, items[0].answer)
     assert grade(items[0], "no idea") == (0.0, None)
-
-
-@pytest.fixture(scope="module")
-def tiny_router_dir(small_data_path, tiny_base, tmp_path_factory):
-    """A small CapSAT router (tiny llama) over math, law, biology and history, saved with the
-    fixture's items of those tasks as its aptitude_items.jsonl."""
-    data = prepare(TrainConfig(data=small_data_path, k_per_task=3))
-    config = dataclasses.replace(CapsatConfig(max_instruction_tokens=24, n_soft_tokens=2,
-                                              connector_hidden=32, irt_dim=4, lora_r=2),
-                                 base_model=tiny_base)
-    router = CapsatRouter.create(config, data.candidates, data.aptitude.tasks, data.keywords)
-    path = tmp_path_factory.mktemp("routers") / "tiny_capsat"
-    router.save_pretrained(path)
-    lines = [line for line in FIXTURE.read_text().splitlines()
-             if json.loads(line)["task"] in router.tasks]
-    (path / "aptitude_items.jsonl").write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 def test_run_grades_onboards_and_resumes(tmp_path, tiny_router_dir, capsys):
