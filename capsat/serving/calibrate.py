@@ -50,6 +50,8 @@ class CalibrateConfig:
     output_tokens: int = help_field(256, "assumed answer length, for token prices")
     seed: int = help_field(0, "seed of the query split")
     out: str = help_field("", "JSON file to write the chosen policy and the figures to")
+    save_router: str = help_field("", "also save the router (e.g. one fitted here) to this "
+                                      "folder, to serve it with the calibrated policy")
 
 
 def parse_share(text: str) -> tuple[str, float]:
@@ -165,6 +167,9 @@ def calibrate(config: CalibrateConfig) -> dict:
                          {"mean_cost": config.target_cost}),
               "validation": {"rows": len(validation), **best},
               "test": {"rows": len(test), **on_test}}
+    if config.save_router:
+        router.save(config.save_router)
+        result["saved_router"] = config.save_router
     if config.out:
         write_json(config.out, result)
     return result

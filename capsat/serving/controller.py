@@ -238,6 +238,8 @@ class Controller:
                  decision_log: str | None = None, log_prompts: bool = False,
                  batch_window_ms: float = 2.0, batch_max_size: int = 32,
                  affinity_size: int = 10_000):
+        import openai  # noqa: F401  (loaded now: not on the first request, in the event loop)
+
         if isinstance(router, str):
             from ..routing.resolve import resolve_router
 
