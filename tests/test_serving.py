@@ -330,6 +330,8 @@ def test_conversations_keep_their_model(tmp_path, best_dir, ranked, stub):
 
         assert model_of(turn1, "capsat") == (ranked[0], "new")
         assert model_of(turn2, "capsat:tradeoff=10") == (ranked[0], "kept")
+        # The same first question in a new conversation is routed afresh.
+        assert model_of(turn1, "capsat:tradeoff=10") == (ranked[1], "new")
         assert model_of(turn2, "capsat:tradeoff=10", **{"x-capsat-affinity": "off"}) == (
             ranked[1], "off")
         # An explicit conversation id keys the conversation, whatever its text.
@@ -352,12 +354,14 @@ def test_budget_dual_price_holds_the_spend(tmp_path, best_dir, ranked, stub):
     controller = Controller(best_dir, path, budget=3.0, budget_window=3600,
                             decision_log=str(log))
     answered, refused = [], []
+    later = QUESTION + [{"role": "assistant", "content": "2x"},
+                        {"role": "user", "content": "Sure?"}]
     with ServerThread(create_app(controller)) as proxy:
         client = client_for(proxy)
-        for _ in range(40):
+        for i in range(40):  # one conversation: its later turns would keep the first's model
             try:
-                raw = client.chat.completions.with_raw_response.create(model="capsat",
-                                                                        messages=QUESTION)
+                raw = client.chat.completions.with_raw_response.create(
+                    model="capsat", messages=QUESTION if i == 0 else later)
                 answered.append(raw.headers["x-capsat-model"])
             except openai.RateLimitError as err:
                 refused.append(err)

@@ -31,6 +31,8 @@ class MicroBatcher:
     def _start(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # one worker per event loop (the server's, or our own)
+            if self.executor is not None:  # the worker of a loop we no longer serve
+                self.executor.shutdown(wait=False)
             self._loop, self._queue = loop, asyncio.Queue()
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capsat-score")
             self._worker = loop.create_task(self._run())

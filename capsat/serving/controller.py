@@ -19,7 +19,8 @@ cannot change model (the client has the headers already): it ends with an error 
 
 Conversations keep their model: the key is the ``x-capsat-conversation-id`` header, else a
 digest of the conversation's opening (system prompt and first user turn, which every later
-turn repeats); the model that answered is remembered in a bounded LRU. A binding budget
+turn repeats); the model that answered is remembered in a bounded LRU, and a later turn (or
+any request with that conversation id) goes to it. A first turn is always routed afresh. A binding budget
 outranks affinity: a remembered model dearer than the budget's choice is not kept. Every decision is one
 line of the decision log (``decisions.py``), written when the request ends.
 """
@@ -112,6 +113,7 @@ class ChatRequest:
     stream: bool
     params: dict  # every other field, forwarded unchanged
     opening: str  # digest of the system prompt and first user turn (conversation affinity)
+    continues: bool = False  # earlier turns come before the routed one
 
 
 def parse_chat_request(body: object, policy: Policy, *, route_only: bool = False
@@ -131,7 +133,7 @@ def parse_chat_request(body: object, policy: Policy, *, route_only: bool = False
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise RequestError("each message must be an object with a string role",
                                    param=f"messages[{i}]")
-    text, problem, _, _ = last_user_turn(messages)
+    text, problem, _, continues = last_user_turn(messages)
     if text is None:
         raise RequestError(PROBLEMS[problem], param="messages")
     if not text.strip():
@@ -147,7 +149,8 @@ def parse_chat_request(body: object, policy: Policy, *, route_only: bool = False
     chars = sum(len(c) if isinstance(c, str) else len(json.dumps(c))
                 for c in (m.get("content") for m in messages) if c is not None)
     return ChatRequest(parse_policy(body.get("model", MODEL_NAME), policy), messages, text, chars,
-                       stream, {k: v for k, v in body.items() if k not in OWN_FIELDS}, opening)
+                       stream, {k: v for k, v in body.items() if k not in OWN_FIELDS}, opening,
+                       continues)
 
 
 class Affinity:
@@ -200,7 +203,7 @@ class Outcome:
     """What happened to one request after the decision (one line of the decision log)."""
 
     status: str = "ok"  # ok | fallback | failed | rejected | stream_broken | client_closed |
-    #                     route_only | budget_exhausted
+    #                     route_only | internal_error
     answered_by: str | None = None
     tries: list = field(default_factory=list)  # [{model, status, error, ms}]
     backend_ms: float | None = None
@@ -209,11 +212,10 @@ class Outcome:
     completion_tokens: int | None = None
 
 
-RETRYABLE = ("timeout", "connection", "server_error")
-
-
 def _error_kind(err: Exception) -> str | None:
-    """The retryable kind of a backend failure, or None for the request's own fault (4xx)."""
+    """How a backend call failed: ``timeout``, ``connection`` or ``server_error`` (worth the
+    next candidate), ``rejected`` (a 4xx: the request's own fault), or None (not a backend
+    failure at all: a bug, re-raised)."""
     import openai
 
     if isinstance(err, openai.APITimeoutError):
@@ -221,8 +223,12 @@ def _error_kind(err: Exception) -> str | None:
     if isinstance(err, openai.APIConnectionError):
         return "connection"
     if isinstance(err, openai.APIStatusError):
-        return "server_error" if err.status_code >= 500 else None
-    return "connection"  # a transport error the client did not wrap: the backend went away
+        return "server_error" if err.status_code >= 500 else "rejected"
+    # Mid-stream, the transport's own errors reach us unwrapped.
+    if isinstance(err, OSError) or type(err).__module__.split(".")[0] in (
+            "httpx", "httpx2", "httpcore", "httpcore2", "h11"):
+        return "connection"
+    return None
 
 
 class Controller:
@@ -318,7 +324,9 @@ class Controller:
         how = "off"
         key = conversation or request.opening
         if affinity:
-            kept = self.affinity.get(key)
+            # A first turn starts a conversation (its answer is remembered); a later turn, or
+            # any turn under an explicit conversation id, goes where the conversation lives.
+            kept = self.affinity.get(key) if conversation or request.continues else None
             how = "new" if kept is None else ("kept" if kept in self.models else "moved")
             if how == "kept" and lam and costs[self.models.index(kept)] > costs[
                     self.models.index(order[0])]:
@@ -393,10 +401,14 @@ class Controller:
             except Exception as err:  # noqa: BLE001 - classified below; the rest is re-raised
                 kind = _error_kind(err)
                 ms = round((time.perf_counter() - started) * 1000, 3)
-                outcome.tries.append({"model": model, "status": kind or "rejected",
+                outcome.tries.append({"model": model, "status": kind or "internal_error",
                                       "error": f"{type(err).__name__}: {err}"[:300], "ms": ms})
-                self.metrics.backend_errors.labels(model, kind or "rejected").inc()
                 if kind is None:
+                    outcome.status = "internal_error"
+                    self._end(request, decision, outcome)
+                    raise
+                self.metrics.backend_errors.labels(model, kind).inc()
+                if kind == "rejected":
                     outcome.status = "rejected"
                     self._end(request, decision, outcome)
                     raise RequestError(f"{model} rejected the request: "
@@ -436,13 +448,17 @@ class Controller:
             outcome.status = "client_closed"
             raise
         except Exception as err:  # noqa: BLE001 - the backend died mid-stream: say so, once
+            if _error_kind(err) is None:
+                outcome.status = "internal_error"
+                raise
             outcome.status = "stream_broken"
             error = f"{type(err).__name__}: {err}"[:300]
             self.metrics.backend_errors.labels(outcome.answered_by, "stream_broken").inc()
             raise RequestError(f"{outcome.answered_by} broke off the stream: {error}",
                                status=502, code="stream_broken", kind="api_error") from None
         finally:
-            outcome.tries.append({"model": outcome.answered_by, "status": outcome.status,
+            status = "ok" if outcome.status in ("ok", "fallback") else outcome.status
+            outcome.tries.append({"model": outcome.answered_by, "status": status,
                                   "error": error,
                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
             self._account(request, decision, outcome, usage, started)
