@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 from data_builders.atomic import write_json
 from data_builders.errors import DataError
 
+from ..routers.base import help_field
 from .decisions import AppendLog, read_log
 
 ITEMS_FILE = "aptitude_items.jsonl"
@@ -210,13 +211,15 @@ def onboard_from_item_scores(router, name: str, items: Sequence[AptitudeItem],
 # ------------------------------------------------------------------ the run
 @dataclass
 class AptitudeRun:
-    endpoint: str
-    model: str
-    out: str
-    api_key: str = "unused"
-    concurrency: int = 4
-    max_tokens: int = 16
-    timeout: float = 120.0
+    """Where and how the items are asked."""
+
+    endpoint: str = help_field("", "the endpoint's base URL, e.g. http://127.0.0.1:8001/v1")
+    model: str = help_field("", "the endpoint's name of the model")
+    out: str = help_field("", "folder for replies.jsonl, aptitude.json, summary.json, router/")
+    api_key: str = help_field("unused", "the endpoint's key (local servers take any)")
+    concurrency: int = help_field(4, "requests in flight")
+    max_tokens: int = help_field(16, "reply length limit")
+    timeout: float = help_field(120.0, "seconds per request")
 
 
 def _fingerprint(run: AptitudeRun, items: Sequence[AptitudeItem]) -> dict:
