@@ -1,5 +1,5 @@
 """The ``capsat`` command: ``eval | ls | validate | train | onboard | explain | route |
-frontier | push | pull``.
+frontier | serve | calibrate | aptitude | push | pull``.
 
 Errors from user input (bad files, flags, names) are one line naming the file, line and the
 flag or field; ``CAPSAT_DEBUG=1`` shows the traceback instead.
@@ -314,6 +314,54 @@ def cmd_frontier(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.app import serve
+    from .serving.config import ServeConfig, from_args
+
+    serve(from_args(ServeConfig, args))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .serving.calibrate import CalibrateConfig, calibrate, format_result
+    from .serving.config import from_args
+
+    result = calibrate(from_args(CalibrateConfig, args))
+    print(format_result(result))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_aptitude_run(args) -> int:
+    from .serving.aptitude_run import AptitudeRun, run_aptitude
+
+    api_key = "unused"
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env) or ""
+        if not api_key:
+            raise DataError(f"environment variable {args.api_key_env} is not set",
+                            field="api_key_env")
+    run = AptitudeRun(args.endpoint, args.model, args.out, api_key=api_key,
+                      concurrency=args.concurrency, max_tokens=args.max_tokens,
+                      timeout=args.timeout)
+    summary = run_aptitude(args.router, run, items_file=args.items,
+                           items_per_task=args.items_per_task, name=args.name,
+                           price=_json_option(args.price, "--price"), replace=args.replace)
+    print(f"aptitude of {summary['name']!r} ({summary['items']} items, {summary['resumed']} "
+          f"resumed, {summary['unparseable']} unparseable replies; accuracy "
+          f"{summary['accuracy']:.3f}):")
+    for task, accuracy in summary["aptitude"].items():
+        print(f"  {task:<20} {accuracy:.3f}")
+    if summary["asked_now"]:
+        print(f"time per item: {summary['wall_seconds_per_item']:.2f} s wall at concurrency "
+              f"{summary['concurrency']} ({summary['mean_call_seconds']:.2f} s per call); "
+              f"{summary['asked_now']} asked in {summary['wall_seconds']:.1f} s")
+    print(f"onboarded into {summary['router']} ({summary['candidates']} candidates); wrote "
+          f"{args.out}/replies.jsonl, aptitude.json and summary.json")
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push
 
@@ -450,15 +498,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     on.add_argument("--replace", action="store_true", help="update an existing candidate")
     on.set_defaults(func=cmd_onboard)
 
-    ap = command("aptitude", help="the aptitude test a new model takes to be onboarded")
-    apt = ap.add_subparsers(dest="aptitude_command", required=True)
-    export = apt.add_parser("export", help="write a router's aptitude items (id, task, "
-                                           "question, choices, reference answer, grading rule) "
-                                           "as JSONL")
-    export.add_argument("router", help="a CapSAT router: a folder, 'default' or a hub id")
-    export.add_argument("out", help="the JSONL file to write")
-    export.set_defaults(func=cmd_aptitude_export)
-
     ex = command("explain", help="write a CapSAT router's IRT parameters: model abilities, "
                                  "query difficulty and discrimination")
     ex.add_argument("--router", required=True)
@@ -502,6 +541,50 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     fr.add_argument("--out", required=True, help="directory for frontier.json and "
                                                  "frontier.png")
     fr.set_defaults(func=cmd_frontier)
+
+    from .serving.config import ServeConfig, add_arguments
+
+    se = command("serve", help="an OpenAI-compatible server that routes each chat request to "
+                               "the best candidate backend (FastAPI + uvicorn)")
+    add_arguments(se, ServeConfig, required=("router", "backends"))
+    se.set_defaults(func=cmd_serve)
+
+    from .serving.calibrate import CalibrateConfig
+
+    ca = command("calibrate", help="choose a threshold or trade-off that meets a target share "
+                                   "or cost on validation rows; report it on test rows")
+    add_arguments(ca, CalibrateConfig, required=("router", "data"))
+    ca.set_defaults(func=cmd_calibrate)
+
+    ap = command("aptitude", help="the aptitude test a new model takes to be onboarded: "
+                                  "export its items, or run them against an endpoint")
+    ap_sub = ap.add_subparsers(dest="subcommand", required=True)
+    commands["aptitude run"] = ar = ap_sub.add_parser(
+        "run", help="ask an OpenAI-compatible endpoint the router's aptitude items, grade the "
+                    "replies (resumable) and onboard the model into a copy of the router")
+    ar.add_argument("--router", required=True, help="CapSAT router: a folder, 'default' or a "
+                                                    "hub id")
+    ar.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8001/v1")
+    ar.add_argument("--model", required=True, help="the endpoint's model name")
+    ar.add_argument("--out", required=True, help="folder for replies.jsonl, aptitude.json, "
+                                                 "summary.json and the onboarded router")
+    ar.add_argument("--name", help="candidate name in the router (default: --model)")
+    ar.add_argument("--api-key-env", help="environment variable holding the endpoint's key")
+    ar.add_argument("--items", help="aptitude items JSONL (default: the router folder's "
+                                    "aptitude_items.jsonl)")
+    ar.add_argument("--items-per-task", type=int, help="ask only the first N items of each task")
+    ar.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ar.add_argument("--max-tokens", type=int, default=16, help="reply length limit")
+    ar.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ar.add_argument("--price", help='JSON object, e.g. {"input_price": 0.2, "output_price": 0.2}')
+    ar.add_argument("--replace", action="store_true", help="update an existing candidate")
+    ar.set_defaults(func=cmd_aptitude_run)
+    commands["aptitude export"] = export = ap_sub.add_parser(
+        "export", help="write a router's aptitude items (id, task, question, choices, "
+                       "reference answer, grading rule) as JSONL, for a model to take")
+    export.add_argument("router", help="a CapSAT router: a folder, 'default' or a hub id")
+    export.add_argument("out", help="the JSONL file to write")
+    export.set_defaults(func=cmd_aptitude_export)
 
     pu = command("push", help="upload a saved router folder to the Hugging Face Hub")
     pu.add_argument("router_dir")
@@ -557,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as err:  # DataError is a ValueError
         if os.environ.get("CAPSAT_DEBUG"):
             raise
-        print(f"capsat {args.command}: error: {describe(err, flag_names(commands[args.command]))}",
+        name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+        print(f"capsat {name}: error: {describe(err, flag_names(commands[name]))}",
               file=sys.stderr)
         return 2
 

@@ -12,7 +12,6 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -212,7 +211,10 @@ def score_models(test: AptitudeTest, table: OutcomeTable,
 # ----------------------------------------------------------------- items to take
 #: Option letters of a multiple-choice item: "A) ..." lines of its text.
 OPTION_LINE = re.compile(r"^([A-Z])\) ", re.MULTILINE)
-GRADINGS = ("multiple_choice", "none")
+#: How a reply is graded: the option letter read from it equals the answer; the reply itself
+#: (trimmed, case-folded) equals it; or not at all (the source has no reference answer).
+GRADINGS = ("multiple_choice", "exact_match", "none")
+ITEM_FIELDS = ("id", "task", "question", "choices", "answer", "grading")
 
 
 @dataclass(frozen=True)
@@ -222,34 +224,65 @@ class AptitudeItem:
     id: str
     task: str
     question: str  # the full text the candidates saw (options included)
-    choices: list | None  # option letters of a multiple-choice item
-    answer: str | None  # the reference answer (None: the source has none; not gradable)
-    grading: str  # "multiple_choice" (the option letter must equal the answer) or "none"
+    choices: tuple[str, ...] | None  # option letters of a multiple-choice item
+    answer: str | None  # the reference answer (None: grading "none")
+    grading: str
 
     @classmethod
     def of(cls, item_id: str, task: str, question: str, answer: str | None) -> "AptitudeItem":
-        letters = OPTION_LINE.findall(question)
-        multiple = bool(letters) and answer in letters
-        return cls(item_id, task, question, letters or None, answer,
-                   "multiple_choice" if multiple else "none")
+        """From a question text: its "A) ..." option lines make it multiple choice when the
+        answer is one of them; no answer, no grading."""
+        letters = tuple(OPTION_LINE.findall(question))
+        if answer is None:
+            return cls(item_id, task, question, letters or None, None, "none")
+        grading = "multiple_choice" if answer in letters else "exact_match"
+        return cls(item_id, task, question, letters or None, answer, grading)
+
+    @property
+    def gradable(self) -> bool:
+        return self.grading != "none"
 
     def to_json(self) -> dict:
         return {"id": self.id, "task": self.task, "question": self.question,
-                "choices": self.choices, "answer": self.answer, "grading": self.grading}
+                "choices": None if self.choices is None else list(self.choices),
+                "answer": self.answer, "grading": self.grading}
 
     @classmethod
-    def from_json(cls, values: dict, *, file: str | None = None, line: int | None = None
+    def from_json(cls, record, *, file: str | None = None, line: int | None = None
                   ) -> "AptitudeItem":
-        if not isinstance(values, dict):
-            raise DataError("an aptitude item must be a JSON object", file=file, line=line)
-        for name in ("id", "task", "question", "choices", "answer", "grading"):
-            if name not in values:
-                raise DataError("missing field", file=file, line=line, field=name)
-        if values["grading"] not in GRADINGS:
-            raise DataError(f"unknown grading {values['grading']!r}; known: {GRADINGS}",
-                            file=file, line=line, field="grading")
-        return cls(str(values["id"]), str(values["task"]), str(values["question"]),
-                   values["choices"], values["answer"], values["grading"])
+        """One checked record; errors name the file, the line and the field."""
+        def error(message: str, field: str | None = None) -> DataError:
+            return DataError(message, file=file, line=line, field=field)
+
+        if not isinstance(record, dict):
+            raise error("expected a JSON object")
+        for name in ITEM_FIELDS:
+            if name not in record:
+                raise error("missing field", name)
+        unknown = sorted(set(record) - set(ITEM_FIELDS))
+        if unknown:
+            raise error(f"unknown field(s) {unknown}; known: {list(ITEM_FIELDS)}", unknown[0])
+        if record["grading"] not in GRADINGS:
+            raise error(f"unknown grading {record['grading']!r}; known: {list(GRADINGS)}",
+                        "grading")
+        for name in ("id", "task", "question") + (("answer",) if record["grading"] != "none"
+                                                  else ()):
+            if not isinstance(record[name], str) or not record[name].strip():
+                raise error("must be a non-empty string", name)
+        choices = record["choices"]
+        if choices is not None and (not isinstance(choices, list) or not choices or not all(
+                isinstance(c, str) and c for c in choices) or len(set(choices)) != len(choices)):
+            raise error("must be null or a list of distinct non-empty strings", "choices")
+        if record["grading"] == "multiple_choice":
+            if choices is None or not all(re.fullmatch(r"[A-Z]", c) for c in choices):
+                raise error('multiple_choice needs the option letters, e.g. ["A", "B"]',
+                            "choices")
+            if record["answer"] not in choices:
+                raise error(f"answer {record['answer']!r} is not one of the choices {choices}",
+                            "answer")
+        return cls(record["id"], record["task"], record["question"],
+                   None if choices is None else tuple(choices), record["answer"],
+                   record["grading"])
 
 
 def aptitude_items(table: OutcomeTable, test: AptitudeTest) -> list[AptitudeItem]:
@@ -266,19 +299,29 @@ def aptitude_items(table: OutcomeTable, test: AptitudeTest) -> list[AptitudeItem
 
 
 def read_aptitude_items(path: str | os.PathLike) -> list[AptitudeItem]:
-    """A JSONL file of aptitude items, validated line by line."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("no such file", file=str(path))
-    items = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
+    """Every item of a JSONL items file, checked; an id twice is an error."""
+    path = str(path)
+    items, seen = [], {}
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("no such aptitude items file", file=path) from None
+    with handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                raise DataError("blank line", file=path, line=line_no)
             try:
-                values = json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg}", file=str(path),
-                                line=line_no) from None
-            items.append(AptitudeItem.from_json(values, file=str(path), line=line_no))
+                raise DataError(f"invalid JSON: {err.msg}", file=path, line=line_no) from None
+            item = AptitudeItem.from_json(record, file=path, line=line_no)
+            if item.id in seen:
+                raise DataError(f"item {item.id!r} is also on line {seen[item.id]}", file=path,
+                                line=line_no, field="id")
+            seen[item.id] = line_no
+            items.append(item)
+    if not items:
+        raise DataError("no items", file=path)
     return items
 
 

@@ -7,18 +7,19 @@ import math
 import pytest
 
 from data_builders.aptitude import (
+    AptitudeItem,
     AptitudeTest,
     MissingAptitudeScore,
-    exclude_core_items,
-    AptitudeItem,
     aptitude_items,
     check_item_results,
+    exclude_core_items,
     read_aptitude_items,
     score_models,
     select_core_items,
 )
 from data_builders.errors import DataError
 from data_builders.splits import make_split
+
 
 @pytest.fixture(scope="module")
 def setting(mmlu_pro):
