@@ -167,19 +167,23 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         device = self.device
         evidence = self.evidence(None if columns == list(range(len(self.models))) else columns)
         embeddings = torch.from_numpy(np.asarray(queries.embeddings, dtype=np.float32))
-        out = []
-        size = self.config.predict_batch_size
+        through_llm = self.read_through_llm and network.llm is not None
+        # Batches of instructions of similar length pad little: the LLM's cost is its tokens.
+        order = (np.argsort([len(t) for t in queries.texts], kind="stable") if through_llm
+                 else np.arange(len(queries)))
+        out = np.zeros((len(queries), len(columns)))
+        size = self.config.predict_batch_size if through_llm else 64
         starts = range(0, len(queries), size)
         with torch.no_grad():
             for start in tqdm(starts, desc="capsat: scoring", unit="batch",
                               disable=not self.progress or len(starts) < 8, leave=False):
-                texts = queries.texts[start:start + size]
-                batch = (network.pack_queries(texts, len(columns))
-                         if self.read_through_llm else None)
-                result = network(embeddings[start:start + size].to(device), evidence,
+                rows = order[start:start + size]
+                batch = (network.pack_queries([queries.texts[i] for i in rows], len(columns))
+                         if through_llm else None)
+                result = network(embeddings[rows].to(device), evidence,
                                  None if batch is None else batch.to(device))
-                out.append(torch.sigmoid(result.logits).double().cpu())
-        return torch.cat(out).numpy()
+                out[rows] = torch.sigmoid(result.logits).double().cpu().numpy()
+        return out
 
     def irt_parameters(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
         """The IRT side: per-candidate ability (M, D, from its evidence, centred over the
