@@ -6,7 +6,6 @@ train part of a split, and must never be used for evaluation: ``AptitudeTest.ite
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .jsonl import iter_jsonl
 from .outcomes import OutcomeTable
 
 
@@ -302,24 +302,13 @@ def read_aptitude_items(path: str | os.PathLike) -> list[AptitudeItem]:
     """Every item of a JSONL items file, checked; an id twice is an error."""
     path = str(path)
     items, seen = [], {}
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("no such aptitude items file", file=path) from None
-    with handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                raise DataError("blank line", file=path, line=line_no)
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg}", file=path, line=line_no) from None
-            item = AptitudeItem.from_json(record, file=path, line=line_no)
-            if item.id in seen:
-                raise DataError(f"item {item.id!r} is also on line {seen[item.id]}", file=path,
-                                line=line_no, field="id")
-            seen[item.id] = line_no
-            items.append(item)
+    for line_no, record in iter_jsonl(path):
+        item = AptitudeItem.from_json(record, file=path, line=line_no)
+        if item.id in seen:
+            raise DataError(f"item {item.id!r} is also on line {seen[item.id]}", file=path,
+                            line=line_no, field="id")
+        seen[item.id] = line_no
+        items.append(item)
     if not items:
         raise DataError("no items", file=path)
     return items

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_builders.atomic import _json_default as _plain  # numpy values in records
-from data_builders.errors import DataError
+from data_builders.jsonl import iter_jsonl
 
 
 def repair_torn_tail(path: str | os.PathLike) -> int:
@@ -93,12 +93,5 @@ class AppendLog:
 
 def read_log(path: str | os.PathLike) -> Iterator[dict]:
     """Every record of a log, checking each line is one JSON object."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg}", file=str(path), line=number) from None
-            if not isinstance(record, dict):
-                raise DataError("expected a JSON object", file=str(path), line=number)
-            yield record
+    for _, record in iter_jsonl(path):
+        yield record

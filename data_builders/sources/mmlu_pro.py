@@ -9,13 +9,13 @@ A blank correctness cell (no record for that model) stays missing.
 """
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
+from ..jsonl import iter_jsonl
 from ..outcomes import OutcomeTable
 
 PROVENANCE = ("MMLU-Pro official per-model evaluation outputs, github.com/TIGER-AI-Lab/MMLU-Pro "
@@ -35,16 +35,11 @@ def build(raw_dir: Path) -> OutcomeTable:
     if not qpath.exists():
         raise DataError("no such file", file=str(qpath))
     texts, tasks, answers = {}, {}, {}
-    with open(qpath, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg}", file=str(qpath), line=lineno) from err
-            qid = str(row["question_id"])
-            texts[qid] = format_question(row["question"], row["options"])
-            tasks[qid] = row["category"]
-            answers[qid] = str(row["answer"])
+    for _, row in iter_jsonl(qpath):
+        qid = str(row["question_id"])
+        texts[qid] = format_question(row["question"], row["options"])
+        tasks[qid] = row["category"]
+        answers[qid] = str(row["answer"])
     correct = pd.read_csv(src / "correctness.csv", dtype={"question_id": str})
     chars = pd.read_csv(src / "output_chars.csv", dtype={"question_id": str})
     models = [c for c in correct.columns if c not in ("question_id", "category")]
