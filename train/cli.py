@@ -38,13 +38,11 @@ def has_accelerator_device() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelerate import Accelerator
-
     from .data import prepare
-    from .trainer import CapsatTrainer
+    from .trainer import CapsatTrainer, make_accelerator
 
     model_config, config = parse(argv)
-    accelerator = Accelerator(cpu=not has_accelerator_device())
+    accelerator = make_accelerator(cpu=not has_accelerator_device())
     started = time.perf_counter()
     data = prepare(config, encoder=model_config.capability_encoder, progress=config.progress)
     if accelerator.is_main_process:

@@ -70,12 +70,21 @@ def validation_card(record: dict) -> str:
     return "\n".join(lines)
 
 
+def make_accelerator(cpu: bool = False) -> Accelerator:
+    """The stages train different parameter groups (the LLM's adapter and gate sit idle in the
+    encoder stage), so DDP must look for parameters a step did not use."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(cpu=cpu, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 class CapsatTrainer:
     def __init__(self, model_config: CapsatConfig, config: TrainConfig, data: TrainingData, *,
                  llm=None, tokenizer=None, accelerator: Accelerator | None = None):
         self.config = config
         self.data = data
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or make_accelerator()
         set_seed(config.seed)
         models = data.train_models
         self.router = CapsatRouter.create(
