@@ -80,6 +80,32 @@ def test_prepare_keeps_loss_queries_off_core_items_and_agrees_with_eval(small_da
     assert {i.id for i in data.aptitude_items} == core
 
 
+def test_held_out_models_labels_choose_no_aptitude_item(mmlu_small, tmp_path):
+    """Model split: the aptitude test is chosen on the train models' train queries only, by
+    training and by every other entry point alike. Turning the held-out models' labels upside
+    down changes no item."""
+    from data_builders.aptitude import select_core_items
+    from data_builders.experiment import prepare_experiment
+
+    held = ["mathstral-7B", "gemma-7b"]
+    flipped = dataclasses.replace(mmlu_small, scores=mmlu_small.scores.copy())
+    flipped.scores[held] = 1.0 - flipped.scores[held]
+    path = str(mmlu_small.save(tmp_path / "real.parquet"))
+    flipped_path = str(flipped.save(tmp_path / "flipped.parquet"))
+    chosen = []
+    for data in (path, flipped_path):
+        config = TrainConfig(data=data, split="model", held_out=held, k_per_task=3)
+        trained_on = prepare(config, progress=False).aptitude.item_ids
+        assert trained_on == prepare_experiment(data, "model", held_out=held,
+                                                k_per_task=3).aptitude.item_ids
+        chosen.append(trained_on)
+    assert chosen[0] == chosen[1]
+    # The flip is not a no-op: on all models' labels the choice would move.
+    everyone = mmlu_small.subset(list(make_split(mmlu_small, "model", held_out_models=held).train))
+    assert (select_core_items(everyone, 3, 0).item_ids
+            != select_core_items(flipped.subset(list(everyone.query_ids)), 3, 0).item_ids)
+
+
 def _trainer(small_data_path, tiny_base, out, **overrides) -> CapsatTrainer:
     model, config = recipe(small_data_path, tiny_base, out, **overrides)
     return CapsatTrainer(model, config, prepare(config, progress=False))
