@@ -16,8 +16,10 @@ Everything after ``--`` overrides the recipe, as on `capsat train`'s command lin
 3. paired bootstrap (95%) of CapSAT's routed score and query AUC against every baseline and
    reference, on the same test queries.
 
-Writes ``OUT/NAME/summary.json`` and ``eval_<items>/results.{json,md}``; ``--results DIR``
+Writes ``OUT/NAME/summary.{json,md}`` and ``eval_<items>/results.{json,md}``; ``--results DIR``
 copies the summary and results there (bench/results/...).
+
+    python bench/capsat_runs.py --render runs/capsat_bench/NAME/summary.json   # the table again
 """
 from __future__ import annotations
 
@@ -33,8 +35,53 @@ ONBOARDING_BASELINES = ["aptitude_prior", "knn_aptitude"]
 REFERENCES = ["best_single", "per_task_best_single"]
 
 
+def render(summary: dict) -> str:
+    """summary.json as Markdown: every router's figures, then CapSAT minus each other router
+    with its paired bootstrap 95% interval."""
+    lines = [f"# {summary['name']}", "",
+             f"Recipe `{summary['recipe']}` {' '.join(summary['overrides'])}; training "
+             f"{summary['train_seconds'] / 60:.1f} min (wall, 2 cores; 0 with --skip-train)."]
+    for size, run in summary["evaluations"].items():
+        ref = run["reference"]
+        split = run["split"]
+        lines += ["", f"## {size} aptitude items, {split['kind']} split (seed {split['seed']}: "
+                      f"{split['test_queries']} test queries, {split['train_models']} train / "
+                      f"{split['test_models']} test models; scoring and baselines "
+                      f"{run['eval_seconds'] / 60:.1f} min)", "",
+                  f"References: best single {ref['best_single']:.4f} "
+                  f"({ref['best_single_model']}, chosen on {ref['chosen_on']}); per-task best "
+                  f"single {ref.get('per_task_best_single', float('nan')):.4f}; oracle "
+                  f"{ref['oracle']:.4f}.", "",
+                  "| router | routed accuracy | query AUC | AUC | log-loss | gap closed | "
+                  "gap closed (per-task) |", "|---|---|---|---|---|---|---|"]
+        for name, row in run["routers"].items():
+            cells = [row.get(k) for k in ("routed_accuracy", "query_auc", "auc", "log_loss",
+                                          "gap_closed", "gap_closed_per_task")]
+            lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.4f}"
+                                                     for v in cells) + " |")
+        if run["capsat_minus"]:
+            lines += ["", "| CapSAT minus | routed accuracy [95% CI] | query AUC [95% CI] |",
+                      "|---|---|---|"]
+            for other, row in run["capsat_minus"].items():
+                cells = []
+                for key in ("routed_accuracy", "query_auc"):
+                    d = row.get(key)
+                    cells.append("" if d is None else f"{d['difference']:+.4f} "
+                                 f"[{d['low']:+.4f}, {d['high']:+.4f}]")
+                lines.append(f"| {other} | {cells[0]} | {cells[1]} |")
+        if run.get("skipped"):
+            lines += ["", f"Skipped: {run['skipped']}"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--render"]:
+        import json
+
+        for path in argv[1:]:
+            print(render(json.loads(Path(path).read_text())))
+        return 0
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from capsat.evaluation.compare import compare
     from capsat.evaluation.harness import evaluate, format_table
-    from data_builders.atomic import write_json
+    from data_builders.atomic import write_json, write_text
     from data_builders.splits import MODEL_SPLITS
     from train.cli import main as train_main
     from train.cli import parse
@@ -102,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"; query AUC {q['difference']:+.4f} [{q['low']:+.4f}, {q['high']:+.4f}]"
             print(line, flush=True)
     write_json(root / "summary.json", summary, indent=2)
+    write_text(root / "summary.md", render(summary))
     if args.results:
         target = Path(args.results)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / "summary.json", target / "summary.json")
+        for name in ("summary.json", "summary.md"):
+            shutil.copy(root / name, target / name)
         for size in sizes:
             for name in ("results.json", "results.md", "per_task_accuracy.png"):
                 source = root / f"eval_{size}" / name
