@@ -17,16 +17,22 @@ from data_builders.logs import SCORE_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 LOG = REPO / "data_builders" / "shipped" / "mmlu_pro_test_log.jsonl"
-N_ROWS = 48
-#: The router must beat the constant per-model prior on the same rows by this much AUC.
+#: The whole shipped log: the README's main job, exactly. (On its first 48 rows even the
+#: per-task best single model sends every row to gemini-1.5-pro-002, so a share check on a
+#: few rows cannot tell a router from the prior.)
+N_ROWS = 200
+#: The router must beat the constant per-model prior on the same rows by this much AUC
+#: (the v3 default router: .707 against .647).
 MARGIN = 0.03
-#: ... and must not send nearly every row to one model (that is the prior's routing).
+#: ... and must not send nearly every row to one model, as the prior does (the v2 router sent
+#: 99% of these rows to one model; v3 sends 84%).
 MAX_SHARE = 0.9
 
 
 @pytest.mark.slow
 def test_default_router_routes_the_shipped_log_better_than_the_prior(tmp_path):
-    lines = LOG.read_text().splitlines()[:N_ROWS]
+    lines = LOG.read_text().splitlines()
+    assert len(lines) == N_ROWS
     rows = [json.loads(line) for line in lines]
     router = CapsatRouter.from_pretrained("default")
     assert len(router.models) == 29
@@ -46,8 +52,9 @@ def test_default_router_routes_the_shipped_log_better_than_the_prior(tmp_path):
     probs = np.array([[r["p"][m] for m in router.models] for r in routed])
     scores = np.array([[row[SCORE_PREFIX + m] for m in router.models] for row in rows])
     # The job's probabilities are the router's own (rounded to 6 decimals in the output).
-    np.testing.assert_allclose(probs, router.predict_proba([r["instruction"] for r in rows]),
-                               atol=1e-6)
+    # (checked on a few rows: scoring is the slow part)
+    np.testing.assert_allclose(probs[:8], router.predict_proba([r["instruction"]
+                                                                for r in rows[:8]]), atol=1e-6)
     # The strongest simple baseline on the same rows: each model's training accuracy.
     prior = np.tile([record.model_accuracy[m] for m in router.models], (N_ROWS, 1))
     assert auc(probs, scores) > auc(prior, scores) + MARGIN, (auc(probs, scores),
