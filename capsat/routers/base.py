@@ -306,14 +306,26 @@ class Router(ABC):
         a model here (None: they cannot)."""
         return "aptitude" if self.aptitude == aptitude else None
 
-    def check_onboarding(self, name: str, results: Mapping[str, float], replace: bool
-                         ) -> dict[str, float]:
+    def check_onboarding(self, name: str, results: Mapping[str, float], replace: bool,
+                         scope: str = "aptitude") -> dict[str, float]:
         """The results as floats, checked: every key a core item, every task answered, scores
         in [0, 1], and ``name`` new unless ``replace``."""
+        if scope != "aptitude":
+            raise DataError(f"{self.name} onboards from its own aptitude test only",
+                            field="scope")
         if name in self.models and not replace:
             raise DataError(f"{name!r} is already a candidate; replace it explicitly",
                             field="name")
         return check_item_results(self.aptitude, results)
+
+    def _with_model_row(self, matrix: np.ndarray, name: str, row: np.ndarray) -> np.ndarray:
+        """``matrix`` (models x ...) with ``name``'s row set: replaced if it is a candidate,
+        else appended (and ``name`` added to the candidates)."""
+        if name in self.models:
+            matrix[self.models.index(name)] = row
+            return matrix
+        self.models.append(name)
+        return np.vstack([matrix, row])
 
     def route(self, queries: QueriesLike, candidates: Sequence[str] | None = None,
               costs: dict[str, float] | Sequence[float] | np.ndarray | None = None,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_builders.errors import DataError
-
 from data_builders.aptitude import score_models
 
 from ..base import Queries, Router
@@ -64,18 +62,11 @@ class AptitudePriorRouter(Router):
         return self._table(self.prior_weight)[:, rows].T
 
     def onboard(self, name, results, *, price=None, replace=False, scope="aptitude"):
-        if scope != "aptitude":
-            raise DataError(f"{self.name} onboards from its own aptitude test only",
-                            field="scope")
-        results = self.check_onboarding(name, results, replace)
+        results = self.check_onboarding(name, results, replace, scope)
         task_of = self.aptitude.task_of()
         row = np.array([np.mean([v for q, v in results.items() if task_of[q] == t])
                         for t in self.tasks])
-        if name in self.models:
-            self.task_accuracy[self.models.index(name)] = row
-        else:
-            self.models.append(name)
-            self.task_accuracy = np.vstack([self.task_accuracy, row])
+        self.task_accuracy = self._with_model_row(self.task_accuracy, name, row)
 
     # ------------------------------------------------------------- save / load
     def state_arrays(self):

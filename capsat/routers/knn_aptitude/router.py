@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_builders.errors import DataError
-
 from ..base import Queries, Router
 from ..common import (
     check_grid,
@@ -74,16 +72,9 @@ class KnnAptitudeRouter(Router):
         return self._estimate(self._order(queries), self.k, self.prior_weight)
 
     def onboard(self, name, results, *, price=None, replace=False, scope="aptitude"):
-        if scope != "aptitude":
-            raise DataError(f"{self.name} onboards from its own aptitude test only",
-                            field="scope")
-        results = self.check_onboarding(name, results, replace)
+        results = self.check_onboarding(name, results, replace, scope)
         row = np.array([results.get(q, np.nan) for q in self.items])
-        if name in self.models:
-            self.item_scores[self.models.index(name)] = row
-        else:
-            self.models.append(name)
-            self.item_scores = np.vstack([self.item_scores, row])
+        self.item_scores = self._with_model_row(self.item_scores, name, row)
 
     # ------------------------------------------------------------- save / load
     def state_arrays(self):
