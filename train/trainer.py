@@ -57,6 +57,8 @@ WEIGHTS_FILE = "trainable.safetensors"
 BEST_WEIGHTS_FILE = "best_trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
+#: the time limit reserves this multiple of the slowest step plus the final validation and saves
+TIME_SAFETY_FACTOR = 1.5
 GROUPS = ("encoder", "llm_heads", "lora")
 
 
@@ -306,14 +308,15 @@ class CapsatTrainer:
 
     def _out_of_time(self, started: float, stage: str) -> bool:
         """Whether one more step would leave too little of ``max_minutes`` to finish: the
-        slowest step so far plus the last validation, checkpoint and save. Every process gets
-        the same answer."""
+        slowest step so far plus the slowest validation, checkpoint and save, with a safety
+        factor (timings vary with the machine's load). Every process gets the same answer."""
         if not self.config.max_minutes:
             return False
         t = self.timing
         finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
                   + t.get("save_best", 0.0))
-        projected = time.perf_counter() - started + t.get(f"step_max_{stage}", 0.0) + finish
+        remaining = t.get(f"step_max_{stage}", 0.0) + finish
+        projected = time.perf_counter() - started + TIME_SAFETY_FACTOR * remaining
         if projected > self.config.max_minutes * 60:
             self.accelerator.set_trigger()
         return self.accelerator.check_trigger()
@@ -321,7 +324,8 @@ class CapsatTrainer:
     def _timed(self, key: str, fn, *args):
         t0 = time.perf_counter()
         out = fn(*args)
-        self.timing[key] = time.perf_counter() - t0
+        # The slowest so far: the time limit must hold for the worst case, not the last one.
+        self.timing[key] = max(self.timing.get(key, 0.0), time.perf_counter() - t0)
         return out
 
     def _validate_and_keep_best(self, record: dict, stage: str) -> None:
