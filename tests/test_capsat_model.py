@@ -367,6 +367,59 @@ def test_encoder_only_router_needs_no_llm(data, tmp_path):
             data.validation.texts[:3]), probs, atol=1e-6)
 
 
+def _encoder_only(data, **overrides) -> CapsatRouter:
+    config = dataclasses.replace(SMALL, use_llm=False, base_model="no/such/model", **overrides)
+    return CapsatRouter.create(config, data.bank, data.train_models, data.tasks,
+                               aptitude=data.aptitude, aptitude_items=data.aptitude_items)
+
+
+def test_a_labelled_instruction_reads_its_own_task(data):
+    """Untrained (zero read-out), the router's answer is the per-task prior. With the query's
+    task label it is exactly the candidate's shrunk accuracy on that task (worked by hand from
+    the bank); without one, the task head's blend; read_task_labels false ignores labels."""
+    from capsat.capsat_model.evidence import PRIOR_WEIGHT
+    from capsat.routers import Queries
+
+    texts, tasks = data.validation.texts[:6], data.validation.tasks[:6]
+    router = _encoder_only(data)
+    labelled = router.predict_proba(Queries(texts, tasks=tasks))
+    bank = data.bank
+    overall = np.nanmean(bank.outcomes, axis=1)
+    expected = np.zeros_like(labelled)
+    for i, task in enumerate(tasks):
+        on_task = bank.tasks == data.tasks.index(task)
+        right = np.nansum(bank.outcomes[:, on_task], axis=1)
+        count = (~np.isnan(bank.outcomes[:, on_task])).sum(axis=1)
+        expected[i] = (right + PRIOR_WEIGHT * overall) / (count + PRIOR_WEIGHT)
+    np.testing.assert_allclose(labelled, expected, atol=1e-5)
+    unlabelled = router.predict_proba(Queries(texts))
+    assert np.abs(unlabelled - labelled).max() > 1e-3
+    # A task the router does not know falls back to the task head, as no label does.
+    np.testing.assert_allclose(router.predict_proba(Queries(texts, tasks=["no such"] * 6)),
+                               unlabelled, atol=1e-6)
+    blind = _encoder_only(data, read_task_labels=False)
+    np.testing.assert_allclose(blind.predict_proba(Queries(texts, tasks=tasks)),
+                               blind.predict_proba(Queries(texts)), atol=1e-6)
+
+
+def test_known_models_read_from_their_aptitude_items_alone(data):
+    """``evidence_items`` limits every candidate's evidence to those bank items (training's
+    validation of known models as if onboarded); an item outside the bank is refused."""
+    router = _encoder_only(data)
+    texts = data.validation.texts[:5]
+    whole = router.predict_proba(texts)
+    items = sorted(data.aptitude.item_ids)
+    router.evidence_items = items
+    evidence = router.evidence()
+    assert evidence.mask.shape[1] == len(items)
+    assert (evidence.mask.sum(dim=1) == len(items)).all()
+    assert np.abs(router.predict_proba(texts) - whole).max() > 1e-3
+    router.evidence_items = None
+    np.testing.assert_allclose(router.predict_proba(texts), whole, atol=1e-7)
+    with pytest.raises(DataError, match="not in the evidence bank"):
+        router.bank.evidence(items=["no-such-item"])
+
+
 @pytest.mark.slow
 def test_real_smollm2_router_scores_and_round_trips(data, tmp_path):
     """The embedded SmolLM2-135M-Instruct: converted once, LoRA on its real module names."""

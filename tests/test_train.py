@@ -186,6 +186,36 @@ def test_training_lowers_the_loss_and_moves_validation(small_data_path, tiny_bas
     assert final["val_auc"] != initial["val_auc"]
 
 
+def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, tiny_base,
+                                                             tmp_path):
+    """Model and family splits validate the training models from their aptitude items alone,
+    as the held-out models will be read. At step 0 (untrained) that is the aptitude prior:
+    the same validation figures as the ``aptitude_prior`` router fitted with its weight."""
+    from capsat.routers import Queries, make_router
+    from capsat.evaluation import metrics as M
+
+    assert TrainConfig(split="family").validates_as_onboarded
+    assert not TrainConfig(split="query").validates_as_onboarded
+    assert not TrainConfig(split="family", validation_evidence="bank").validates_as_onboarded
+    with pytest.raises(ValueError, match="validation_evidence"):
+        TrainConfig(validation_evidence="everything")
+    onboarded = _trainer(small_data_path, tiny_base, tmp_path / "a", use_llm=False,
+                         validation_evidence="aptitude")
+    banked = _trainer(small_data_path, tiny_base, tmp_path / "b", use_llm=False,
+                      validation_evidence="bank")
+    as_onboarded, as_known = onboarded.validate("encoder"), banked.validate("encoder")
+    assert abs(as_onboarded["val_auc"] - as_known["val_auc"]) > 1e-3
+    data = onboarded.data
+    prior = make_router("aptitude_prior", prior_weight=2.0)
+    prior.fit(data.table.subset(data.bank.item_ids, data.train_models), aptitude=data.aptitude)
+    validation = data.validation
+    probs = prior.predict_proba(Queries(validation.texts, tasks=validation.tasks,
+                                        embeddings=data.validation_embeddings))
+    scores = validation.scores[data.train_models].to_numpy(dtype=float)
+    assert as_onboarded["val_auc"] == pytest.approx(M.auc(probs, scores), abs=1e-4)
+    assert as_onboarded["val_query_auc"] == pytest.approx(M.query_auc(probs, scores), abs=1e-4)
+
+
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):
     trainer = _trainer(small_data_path, tiny_base, tmp_path)
     result = trainer.train()

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capsat.routers.base import help_field
-from data_builders.splits import SPLIT_KINDS
+from data_builders.splits import MODEL_SPLITS, SPLIT_KINDS
 
 SELECTIONS = ("routing", "auc")
+VALIDATION_EVIDENCE = ("bank", "aptitude", "split")
 
 
 @dataclass
@@ -63,6 +64,16 @@ class TrainConfig:
                                              "comparison routing makes)")
     weight_irt: float = help_field(0.3, "weight of the IRT auxiliary loss")
     weight_task: float = help_field(0.1, "weight of the task head's cross-entropy")
+    task_label_share: float = help_field(0.5, "share of loss queries whose task label the "
+                                              "encoder reads (the rest get the task head's "
+                                              "posterior, as an unlabelled log does); used "
+                                              "when the model's read_task_labels is on")
+    validation_evidence: str = help_field("split", "what the training models read at "
+                                          "validation: 'bank' (their whole train outcomes, "
+                                          "as known models), 'aptitude' (only their aptitude "
+                                          "items, as a new model onboarded from its test) or "
+                                          "'split' (aptitude for the model and family splits, "
+                                          "which judge onboarded models; bank otherwise)")
     select_on: str = help_field("routing", "checkpoint selection on validation: 'routing' "
                                            "(routed accuracy + query AUC) or 'auc' (pooled)")
     eval_every: int = help_field(250, "validate every N encoder steps (and at the stage's end)")
@@ -75,11 +86,23 @@ class TrainConfig:
                                          "checkpointed, and the best router so far is kept")
     progress: bool = help_field(True, "show progress bars")
 
+    @property
+    def validates_as_onboarded(self) -> bool:
+        """Whether validation reads the training models' aptitude items only."""
+        if self.validation_evidence == "split":
+            return self.split in MODEL_SPLITS
+        return self.validation_evidence == "aptitude"
+
     def __post_init__(self):
         if self.split not in SPLIT_KINDS:
             raise ValueError(f"split must be one of {SPLIT_KINDS}, got {self.split!r}")
         if self.select_on not in SELECTIONS:
             raise ValueError(f"select_on must be one of {SELECTIONS}, got {self.select_on!r}")
+        if self.validation_evidence not in VALIDATION_EVIDENCE:
+            raise ValueError(f"validation_evidence must be one of {VALIDATION_EVIDENCE}, got "
+                             f"{self.validation_evidence!r}")
+        if not 0.0 <= self.task_label_share <= 1.0:
+            raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",
                      "max_validation_queries", "max_minutes", "pseudo_models"):
             if getattr(self, name) < 0:

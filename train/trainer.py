@@ -174,6 +174,15 @@ class CapsatTrainer:
                             mask)
         return rows, pool, evidence, labels
 
+    def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
+        """(B,) the loss queries' task indices, -1 for those read without their label (a
+        ``task_label_share`` of them keep it), so the router learns both kinds of input."""
+        tasks = self.item_tasks[rows].clone()
+        share = self.config.task_label_share if self.router.config.read_task_labels else 0.0
+        rng = np.random.default_rng([self.config.seed, step, self.accelerator.process_index, 1])
+        tasks[torch.from_numpy(rng.random(len(rows)) >= share)] = -1
+        return tasks
+
     # ------------------------------------------------------------------ loss
     def losses(self, step: int) -> dict[str, torch.Tensor]:
         rows, _, evidence, labels = self.sample(step)
@@ -184,7 +193,8 @@ class CapsatTrainer:
         if self.config.stage(step) == "llm" and unwrapped.llm is not None:
             texts = [self.data.texts[r] for r in rows]
             batch = unwrapped.pack_queries(texts, evidence.n_candidates).to(self.device)
-        out = self.network(self.embeddings[rows].to(self.device), evidence, batch)
+        out = self.network(self.embeddings[rows].to(self.device), evidence, batch,
+                           self.known_tasks(step, rows).to(self.device))
         logits = out.logits
         pointwise = nn.functional.binary_cross_entropy_with_logits(logits, labels)
         irt = nn.functional.binary_cross_entropy_with_logits(out.encoder.irt_logit, labels)
@@ -203,21 +213,28 @@ class CapsatTrainer:
 
     # ------------------------------------------------------------ validation
     def validate(self, stage: str) -> dict:
-        """Routing metrics on the validation queries, every training model reading its whole
-        bank (through the LLM in the llm stage; the encoder's answer before it)."""
+        """Routing metrics on the validation queries (with their task labels, as evaluation
+        gives them), every training model reading its whole bank or, with
+        ``validates_as_onboarded``, only its aptitude items (through the LLM in the llm stage;
+        the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
         router.network = self.accelerator.unwrap_model(self.network)
         router._evidence = None
         router.progress = False
         from capsat.routers.base import Queries
 
-        queries = Queries(validation.texts, embeddings=self.data.validation_embeddings)
+        queries = Queries(validation.texts, tasks=validation.tasks,
+                          embeddings=self.data.validation_embeddings)
         # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
         router.read_through_llm = stage == "llm"
+        if self.config.validates_as_onboarded:
+            router.evidence_items = sorted(self.data.aptitude.item_ids)
         try:
             probs = router.predict_proba(queries, router.models)
         finally:
             router.read_through_llm = True
+            router.evidence_items = None
+            router._evidence = None
         router.progress = self.config.progress
         scores = validation.scores[router.models].to_numpy(dtype=float)
         return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),

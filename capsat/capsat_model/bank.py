@@ -12,6 +12,7 @@ candidate has no outcome) and the item ids in the registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,11 +60,20 @@ class EvidenceBank:
         return np.where(count > 0, (self.pool_sum[None] - own) / np.maximum(count, 1), 0.5)
 
     def evidence(self, rows: np.ndarray | None = None, *, max_items: int = 0,
-                 seed: int = 0) -> Evidence:
+                 seed: int = 0, items: Sequence[str] | None = None) -> Evidence:
         """The evidence of candidates ``rows`` (default all) over the items any of them has,
-        each capped at ``max_items`` of its items (a seeded sample; 0 = all)."""
+        each capped at ``max_items`` of its items (a seeded sample; 0 = all); ``items``: only
+        these bank items (a known model read as if onboarded from its results on them)."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
         has = ~np.isnan(self.outcomes[rows])
+        if items is not None:
+            unknown = [q for q in items if q not in self.index]
+            if unknown:
+                raise DataError(f"{len(unknown)} item(s) are not in the evidence bank, e.g. "
+                                f"{unknown[:3]}", field="items")
+            only = np.zeros(len(self.item_ids), dtype=bool)
+            only[[self.index[q] for q in items]] = True
+            has &= only[None]
         if max_items:
             for r in range(len(rows)):
                 items = np.flatnonzero(has[r])

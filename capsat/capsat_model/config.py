@@ -42,6 +42,10 @@ class CapsatConfig(RouterConfig):
     capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
                                      "instruction) that becomes the soft tokens")
     encoder_dropout: float = help_field(0.1, "dropout in the encoder's MLP while training")
+    read_task_labels: bool = help_field(True, "read an instruction's task label where it "
+                                        "has one, as the per-task routers do (logs without "
+                                        "one get the task head's posterior); false: always "
+                                        "the posterior")
     max_evidence: int = help_field(0, "a known model's evidence at inference: at most this "
                                    "many of its bank items (a seeded sample; 0 = all)")
     n_soft_tokens: int = help_field(2, "capability soft tokens per candidate")

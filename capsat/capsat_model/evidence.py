@@ -18,8 +18,9 @@ The encoder reads each candidate's evidence *conditioned on the instruction bein
   and the effective number of items attended;
 - the mean outcome of the k most similar items (hard kNN, several k);
 - the candidate's accuracy on each task (shrunk toward its overall accuracy, with its count),
-  weighted by the instruction's task posterior (a task head reads the instruction: logs carry
-  no task label); and whole-set summaries (accuracy, residual, size).
+  at the instruction's task: its label when it has one, as every per-task router reads it,
+  else a task head's posterior (logs carry no task label); and whole-set summaries
+  (accuracy, residual, size).
 
 An MLP turns these into the candidate's capability vector: the connector maps it to soft
 tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
@@ -206,7 +207,19 @@ class EvidenceEncoder(nn.Module):
             knn[:, rows] = torch.stack(features, dim=-1).permute(1, 0, 2)
         return pooled, knn
 
-    def forward(self, query_embeddings: torch.Tensor, evidence: Evidence) -> EncoderOutput:
+    def task_posterior(self, task_logits: torch.Tensor,
+                       known_tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) which task each instruction is: its label where ``known_tasks`` (B,) gives
+        one (an index; -1 = none), else the task head's posterior (logs carry no label)."""
+        posterior = torch.softmax(task_logits, dim=-1)
+        if known_tasks is None:
+            return posterior
+        known = known_tasks >= 0
+        one_hot = nn.functional.one_hot(known_tasks.clamp_min(0), self.n_tasks).to(posterior)
+        return torch.where(known[:, None], one_hot, posterior)
+
+    def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
+                known_tasks: torch.Tensor | None = None) -> EncoderOutput:
         batch, m = query_embeddings.shape[0], evidence.n_candidates
         h, d = self.heads, self.head_dim
         q = self.query_keys(query_embeddings).view(batch, h, d)
@@ -221,7 +234,7 @@ class EvidenceEncoder(nn.Module):
         heads = scores.shape[1]
         pooled, knn = self._read(scores, cosine, evidence)
         task_logits = self.task_head(query_embeddings)
-        by_task = torch.einsum("bt,mtf->bmf", torch.softmax(task_logits, dim=-1),
+        by_task = torch.einsum("bt,mtf->bmf", self.task_posterior(task_logits, known_tasks),
                                task_statistics(evidence, self.n_tasks))
         features = torch.cat([
             pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,

@@ -174,11 +174,13 @@ class CapsatNetwork(nn.Module):
         return groups
 
     def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
-                batch: PackedBatch | None = None) -> CapsatOutput:
+                batch: PackedBatch | None = None,
+                known_tasks: torch.Tensor | None = None) -> CapsatOutput:
         """``query_embeddings`` (B, E); ``evidence`` of the M candidates; ``batch``: the packed
         instructions for the LLM (``pack_queries``; None skips the LLM, for the encoder's
-        stage of training)."""
-        encoded = self.encoder(query_embeddings, evidence)
+        stage of training); ``known_tasks`` (B,): each instruction's task index where it is
+        labelled, -1 where not (None: none is)."""
+        encoded = self.encoder(query_embeddings, evidence, known_tasks)
         if self.llm is None or batch is None:
             return CapsatOutput(encoded.direct_logit, encoded, None)
         b, m = encoded.direct_logit.shape

@@ -97,6 +97,9 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         #: the gate is still 0, when both agree).
         self.read_through_llm = True
         self._evidence = None
+        #: Only these bank items are evidence (None: all): training validates known models as
+        #: if onboarded from their aptitude answers.
+        self.evidence_items: list[str] | None = None
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -150,10 +153,12 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
     def evidence(self, rows: Sequence[int] | None = None):
         """The evidence of the candidates at ``rows`` (default all; ``config.max_evidence``
         items each at most), on the router's device; rebuilt after onboarding."""
-        key = None if rows is None else tuple(int(r) for r in rows)
+        key = (None if rows is None else tuple(int(r) for r in rows),
+               None if self.evidence_items is None else tuple(self.evidence_items))
         if self._evidence is None or self._evidence[0] != key:
             evidence = self.bank.evidence(None if rows is None else np.asarray(rows),
-                                          max_items=self.config.max_evidence)
+                                          max_items=self.config.max_evidence,
+                                          items=self.evidence_items)
             self._evidence = (key, evidence.to(self.device))
         return self._evidence[1]
 
@@ -167,6 +172,8 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         device = self.device
         evidence = self.evidence(None if columns == list(range(len(self.models))) else columns)
         embeddings = torch.from_numpy(np.asarray(queries.embeddings, dtype=np.float32))
+        known_tasks = self.task_indices(queries.tasks if self.config.read_task_labels
+                                        else None, len(queries))
         through_llm = self.read_through_llm and network.llm is not None
         # Batches of instructions of similar length pad little: the LLM's cost is its tokens.
         order = (np.argsort([len(t) for t in queries.texts], kind="stable") if through_llm
@@ -181,9 +188,18 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                 batch = (network.pack_queries([queries.texts[i] for i in rows], len(columns))
                          if through_llm else None)
                 result = network(embeddings[rows].to(device), evidence,
-                                 None if batch is None else batch.to(device))
+                                 None if batch is None else batch.to(device),
+                                 known_tasks[rows].to(device))
                 out[rows] = torch.sigmoid(result.logits).double().cpu().numpy()
         return out
+
+    def task_indices(self, tasks: Sequence[str | None] | None, n: int) -> torch.Tensor:
+        """(n,) each query's task as an index into the router's tasks; -1 where it has no
+        label or one the router does not know (the task head decides there)."""
+        if tasks is None:
+            return torch.full((n,), -1, dtype=torch.long)
+        index = {t: i for i, t in enumerate(self.tasks)}
+        return torch.tensor([index.get(t, -1) for t in tasks], dtype=torch.long)
 
     def irt_parameters(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
         """The IRT side: per-candidate ability (M, D, from its evidence, centred over the
