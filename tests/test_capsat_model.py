@@ -402,6 +402,35 @@ def test_a_labelled_instruction_reads_its_own_task(data):
                                blind.predict_proba(Queries(texts)), atol=1e-6)
 
 
+def test_the_direct_logit_can_start_at_a_knn_shrunk_toward_the_task(data):
+    """With start_knn k, the untrained router's answer is (outcomes of the candidate's k
+    evidence items most similar to the instruction + w x its accuracy on the task) / (k + w),
+    worked by hand from the bank."""
+    from capsat.capsat_model.evidence import PRIOR_WEIGHT
+    from capsat.routers import Queries
+
+    k, w = 5, 3.0
+    texts, tasks = data.validation.texts[:6], data.validation.tasks[:6]
+    router = _encoder_only(data, start_knn=k, start_knn_weight=w)
+    probs = router.predict_proba(Queries(texts, tasks=tasks))
+    bank = data.bank
+    cosine = router.embed(Queries(texts)).astype(np.float32) @ bank.embeddings.T
+    expected = np.zeros_like(probs)
+    for j in range(bank.n_candidates):
+        has = ~np.isnan(bank.outcomes[j])
+        overall = bank.outcomes[j, has].mean()
+        for i, task in enumerate(tasks):
+            on_task = has & (bank.tasks == data.tasks.index(task))
+            per_task = ((bank.outcomes[j, on_task].sum() + PRIOR_WEIGHT * overall)
+                        / (on_task.sum() + PRIOR_WEIGHT))
+            items = np.flatnonzero(has)
+            top = items[np.argsort(-cosine[i, items], kind="stable")[:k]]
+            expected[i, j] = (bank.outcomes[j, top].sum() + w * per_task) / (k + w)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    assert np.abs(probs - _encoder_only(data).predict_proba(
+        Queries(texts, tasks=tasks))).max() > 1e-3
+
+
 def test_known_models_read_from_their_aptitude_items_alone(data):
     """``evidence_items`` limits every candidate's evidence to those bank items (training's
     validation of known models as if onboarded); an item outside the bank is refused."""

@@ -190,7 +190,9 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
                                                              tmp_path):
     """Model and family splits validate the training models from their aptitude items alone,
     as the held-out models will be read. At step 0 (untrained) that is the aptitude prior:
-    the same validation figures as the ``aptitude_prior`` router fitted with its weight."""
+    the same validation figures as the ``aptitude_prior`` router fitted with its weight.
+    Validation reads a ``task_label_share`` of its queries with their label, the rest
+    without."""
     from capsat.routers import Queries, make_router
     from capsat.evaluation import metrics as M
 
@@ -199,10 +201,11 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
     assert not TrainConfig(split="family", validation_evidence="bank").validates_as_onboarded
     with pytest.raises(ValueError, match="validation_evidence"):
         TrainConfig(validation_evidence="everything")
+    # Every validation query with its label here: the untrained task head decides nothing.
     onboarded = _trainer(small_data_path, tiny_base, tmp_path / "a", use_llm=False,
-                         validation_evidence="aptitude")
+                         validation_evidence="aptitude", task_label_share=1.0)
     banked = _trainer(small_data_path, tiny_base, tmp_path / "b", use_llm=False,
-                      validation_evidence="bank")
+                      validation_evidence="bank", task_label_share=1.0)
     as_onboarded, as_known = onboarded.validate("encoder"), banked.validate("encoder")
     assert abs(as_onboarded["val_auc"] - as_known["val_auc"]) > 1e-3
     data = onboarded.data
@@ -214,6 +217,40 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
     scores = validation.scores[data.train_models].to_numpy(dtype=float)
     assert as_onboarded["val_auc"] == pytest.approx(M.auc(probs, scores), abs=1e-4)
     assert as_onboarded["val_query_auc"] == pytest.approx(M.query_auc(probs, scores), abs=1e-4)
+    half = _trainer(small_data_path, tiny_base, tmp_path / "c", use_llm=False,
+                    task_label_share=0.5)
+    labelled = [t is not None for t in half.validation_tasks]
+    assert 0 < sum(labelled) < len(labelled)
+    assert [t for t in half.validation_tasks if t is not None] == [
+        t for t, k in zip(validation.tasks, labelled) if k]
+
+
+def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, tmp_path):
+    """Before step 0 every (start_knn, weight) of the grids is scored on validation; the best
+    is the start of training, recorded at step 0, saved with the router and restored on
+    resume."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
+                       llm_steps=0, start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0, 4.0])
+    result = trainer.train()
+    start = result["start"]
+    tried = start["tried"]
+    assert [(t["start_knn"], t["start_knn_weight"]) for t in tried] == [
+        (0, 4.0), (3, 1.0), (3, 4.0), (8, 1.0), (8, 4.0)]
+    best = max(tried, key=lambda t: t["score"])
+    assert (start["start_knn"], start["start_knn_weight"]) == (best["start_knn"],
+                                                               best["start_knn_weight"])
+    assert len({round(t["score"], 9) for t in tried}) > 1  # the start matters
+    assert trainer.history[0]["start"] == {"start_knn": best["start_knn"],
+                                           "start_knn_weight": best["start_knn_weight"]}
+    saved = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert (saved["start_knn"], saved["start_knn_weight"]) == (best["start_knn"],
+                                                               best["start_knn_weight"])
+    again = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
+                     llm_steps=0, start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0, 4.0],
+                     resume=True)
+    again.load_checkpoint(again.latest_checkpoint())
+    assert again.router.config.start_knn == best["start_knn"]
+    assert again.accelerator.unwrap_model(again.network).encoder.start_knn == best["start_knn"]
 
 
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):

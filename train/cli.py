@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {**result, "data": data.summary(), "wall_seconds": time.perf_counter() - started,
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "num_processes": accelerator.num_processes,
-                   "model_config": model_config.to_dict(), "train_config": config.__dict__}
+                   "model_config": trainer.router.config.to_dict(),
+                   "train_config": config.__dict__}
         path = os.path.join(config.output_dir, "train_summary.json")
         write_json(path, summary, indent=2)
         print(f"best validation {config.select_on} score {result['best']['score']:.4f} at step "

@@ -64,10 +64,16 @@ class TrainConfig:
                                              "comparison routing makes)")
     weight_irt: float = help_field(0.3, "weight of the IRT auxiliary loss")
     weight_task: float = help_field(0.1, "weight of the task head's cross-entropy")
-    task_label_share: float = help_field(0.5, "share of loss queries whose task label the "
-                                              "encoder reads (the rest get the task head's "
-                                              "posterior, as an unlabelled log does); used "
-                                              "when the model's read_task_labels is on")
+    task_label_share: float = help_field(0.5, "share of loss queries, and of validation "
+                                              "queries, whose task label the encoder reads "
+                                              "(the rest get the task head's posterior, as an "
+                                              "unlabelled log does); used when the model's "
+                                              "read_task_labels is on")
+    start_knn_grid: list[int] = help_field([0, 10, 20, 40], "values of the model's start_knn "
+                                           "tried on validation before training (the best by "
+                                           "select_on is kept; empty: the model config's)")
+    start_knn_weight_grid: list[float] = help_field([2.0, 8.0, 32.0], "values of the model's "
+                                                    "start_knn_weight tried with each")
     validation_evidence: str = help_field("split", "what the training models read at "
                                           "validation: 'bank' (their whole train outcomes, "
                                           "as known models), 'aptitude' (only their aptitude "
@@ -101,6 +107,13 @@ class TrainConfig:
         if self.validation_evidence not in VALIDATION_EVIDENCE:
             raise ValueError(f"validation_evidence must be one of {VALIDATION_EVIDENCE}, got "
                              f"{self.validation_evidence!r}")
+        if any(int(k) < 0 for k in self.start_knn_grid):
+            raise ValueError(f"start_knn_grid must hold integers >= 0, got {self.start_knn_grid}")
+        if any(float(w) <= 0 for w in self.start_knn_weight_grid):
+            raise ValueError(f"start_knn_weight_grid must hold values > 0, got "
+                             f"{self.start_knn_weight_grid}")
+        if self.start_knn_grid and any(self.start_knn_grid) and not self.start_knn_weight_grid:
+            raise ValueError("start_knn_weight_grid is empty while start_knn_grid tries k > 0")
         if not 0.0 <= self.task_label_share <= 1.0:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",

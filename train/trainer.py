@@ -19,7 +19,9 @@ calibration), listwise (per query, softmax over the candidates toward the ones t
 right: the comparison routing makes), IRT (sigmoid(a_q . theta_m - b_q)), and the task head's
 cross-entropy.
 
-Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
+Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
+prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
+validation. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
 scores the validation queries against every training model's whole bank; the router kept is
 the best by ``select_on`` (routed accuracy + query AUC by default). Steps draw their samples
 from a generator seeded by (seed, step, process), so a run resumed from a checkpoint equals an
@@ -126,6 +128,12 @@ class CapsatTrainer:
         #: Seconds of the slowest step and the last validation / checkpoint / save per stage,
         #: for stopping within ``max_minutes`` (kept in checkpoints).
         self.timing: dict[str, float] = {}
+        #: Validation queries' task labels: kept for a seeded ``task_label_share`` of them.
+        share = config.task_label_share if model_config.read_task_labels else 0.0
+        keep = np.random.default_rng([config.seed, 2]).random(len(data.validation)) < share
+        self.validation_tasks = [t if k else None for t, k in zip(data.validation.tasks, keep)]
+        #: The direct logit's start, chosen on validation before step 0 (``choose_start``).
+        self.start: dict | None = None
 
     # ------------------------------------------------------------------ data
     def _rng(self, step: int) -> np.random.Generator:
@@ -213,8 +221,9 @@ class CapsatTrainer:
 
     # ------------------------------------------------------------ validation
     def validate(self, stage: str) -> dict:
-        """Routing metrics on the validation queries (with their task labels, as evaluation
-        gives them), every training model reading its whole bank or, with
+        """Routing metrics on the validation queries (a ``task_label_share`` of them with
+        their task label, the rest without, as training reads them: both uses of the router
+        count), every training model reading its whole bank or, with
         ``validates_as_onboarded``, only its aptitude items (through the LLM in the llm stage;
         the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
@@ -223,7 +232,7 @@ class CapsatTrainer:
         router.progress = False
         from capsat.routers.base import Queries
 
-        queries = Queries(validation.texts, tasks=validation.tasks,
+        queries = Queries(validation.texts, tasks=self.validation_tasks,
                           embeddings=self.data.validation_embeddings)
         # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
         router.read_through_llm = stage == "llm"
@@ -240,6 +249,31 @@ class CapsatTrainer:
         return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
                 "val_log_loss": M.log_loss(probs, scores),
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
+
+    def choose_start(self) -> dict:
+        """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
+        that scores best on validation by ``select_on``, from the grids (the untrained
+        encoder's answer is that start). Every process computes the same choice."""
+        c, model = self.config, self.router.config
+        if not c.start_knn_grid:
+            return {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
+                    "selected_on": "config"}
+        tried = []
+        for k in sorted({int(k) for k in c.start_knn_grid}):
+            for w in ([model.start_knn_weight] if k == 0 else
+                      sorted({float(w) for w in c.start_knn_weight_grid})):
+                self._apply_start(k, w)
+                score = self.selection_score(self.validate("encoder"))
+                tried.append({"start_knn": k, "start_knn_weight": w, "score": score})
+        best = max(tried, key=lambda t: t["score"])  # the first (simplest) of equals
+        self._apply_start(best["start_knn"], best["start_knn_weight"])
+        return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
+                "selected_on": "validation", "tried": tried}
+
+    def _apply_start(self, k: int, weight: float) -> None:
+        encoder = self.accelerator.unwrap_model(self.network).encoder
+        encoder.start_knn, encoder.start_knn_weight = int(k), float(weight)
+        self.router.config.start_knn, self.router.config.start_knn_weight = int(k), float(weight)
 
     def selection_score(self, record: dict) -> float:
         if self.config.select_on == "auc":
@@ -265,7 +299,7 @@ class CapsatTrainer:
                 tensors, groups = self._optimizer_tensors()
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
                 state = {"step": self.step, "best": self.best, "history": self.history,
-                         "timing": self.timing,
+                         "timing": self.timing, "start": self.start,
                          "optimizer": groups, "num_processes": self.accelerator.num_processes,
                          "train_config": self.config.__dict__}
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -301,6 +335,8 @@ class CapsatTrainer:
                                         "param_groups": state["optimizer"]["param_groups"]})
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.timing = dict(state["timing"])
+        self.start = state["start"]
+        self._apply_start(self.start["start_knn"], self.start["start_knn_weight"])
 
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
@@ -395,7 +431,9 @@ class CapsatTrainer:
         if self.step == 0 and not self.history:
             # Step 0: the untrained router (the per-task prior), the baseline training must
             # beat (and the first estimate of what a validation costs).
-            record = {"step": 0, "stage": "initial", "seconds": 0.0}
+            self.start = self.choose_start()
+            record = {"step": 0, "stage": "initial", "seconds": 0.0,
+                      "start": {k: self.start[k] for k in ("start_knn", "start_knn_weight")}}
             self._validate_and_keep_best(record, "encoder")
             self._log(record, log_path)
         bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",
@@ -440,4 +478,5 @@ class CapsatTrainer:
             if last:
                 break
         bar.close()
-        return {"step": self.step, "best": self.best, "completed": self.step == total}
+        return {"step": self.step, "best": self.best, "completed": self.step == total,
+                "start": self.start}

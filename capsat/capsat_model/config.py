@@ -38,6 +38,12 @@ class CapsatConfig(RouterConfig):
                                            "embeddings (a kernel kNN), sharpness learned")
     encoder_head_dim: int = help_field(32, "width of each learned head")
     encoder_knn: list[int] = help_field([10, 40], "k of the hard kNN features over the evidence")
+    start_knn: int = help_field(0, "the direct logit starts at the candidate's mean outcome "
+                                "on its this many evidence items most similar to the "
+                                "instruction, shrunk toward its per-task accuracy (0: the "
+                                "per-task accuracy alone); training picks it on validation")
+    start_knn_weight: float = help_field(4.0, "pseudo-count of the per-task accuracy in that "
+                                         "start")
     encoder_hidden: int = help_field(128, "hidden width of the encoder's MLP")
     capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
                                      "instruction) that becomes the soft tokens")
@@ -71,7 +77,10 @@ class CapsatConfig(RouterConfig):
                      "predict_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CapsatConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("encoder_heads", "encoder_cosine_heads", "max_evidence"):
+        if self.start_knn_weight <= 0:
+            raise ValueError(f"CapsatConfig.start_knn_weight must be > 0, got "
+                             f"{self.start_knn_weight}")
+        for name in ("encoder_heads", "encoder_cosine_heads", "max_evidence", "start_knn"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"CapsatConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.encoder_heads + self.encoder_cosine_heads < 1:

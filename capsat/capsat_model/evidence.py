@@ -24,7 +24,9 @@ The encoder reads each candidate's evidence *conditioned on the instruction bein
 
 An MLP turns these into the candidate's capability vector: the connector maps it to soft
 tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
-which starts as the per-task prior logit(accuracy on the instruction's likely task).
+which starts at logit((outcomes of the ``start_knn`` most similar items + w x accuracy on the
+instruction's task) / (start_knn + w)): a kNN shrunk toward the per-task prior (with
+``start_knn`` 0, the per-task prior; training picks both on validation).
 
 Nothing per-instruction that training could fit to its own loss queries enters the direct
 path: what it knows of the instruction comes through other items (attention, kNN, task).
@@ -119,9 +121,13 @@ def task_statistics(evidence: Evidence, n_tasks: int) -> torch.Tensor:
 class EvidenceEncoder(nn.Module):
     def __init__(self, embedding_dim: int, n_tasks: int, *, heads: int = 4, head_dim: int = 32,
                  cosine_heads: int = 2, knn_ks: tuple[int, ...] = (10, 40), hidden: int = 128,
-                 capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1):
+                 capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1,
+                 start_knn: int = 0, start_knn_weight: float = 4.0):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
+        #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
+        #: evidence items, shrunk toward the per-task accuracy (0: the per-task accuracy).
+        self.start_knn, self.start_knn_weight = int(start_knn), float(start_knn_weight)
         self.cosine_heads, self.knn_ks = cosine_heads, tuple(int(k) for k in knn_ks)
         self.task_head = nn.Sequential(nn.LayerNorm(embedding_dim),
                                        nn.Linear(embedding_dim, n_tasks))
@@ -171,9 +177,10 @@ class EvidenceEncoder(nn.Module):
         return theta - theta.mean(dim=0, keepdim=True) if len(theta) > 1 else theta
 
     def _read(self, scores: torch.Tensor, cosine: torch.Tensor, evidence: Evidence
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per candidate, what the heads and the hard kNN read from its evidence:
-        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2)).
+        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2), start (B, M, 2): the sum of the
+        outcomes of the ``start_knn`` most similar items and how many there are).
 
         Candidates with the same items (every known model of a complete data set) share one
         softmax and one top-k: the cost is per distinct item set, not per candidate."""
@@ -181,6 +188,7 @@ class EvidenceEncoder(nn.Module):
         m = evidence.n_candidates
         pooled = scores.new_zeros(batch, m, heads, POOLED_PER_HEAD)
         knn = scores.new_zeros(batch, m, len(self.knn_ks) * KNN_FEATURES)
+        start = scores.new_zeros(batch, m, 2)
         overall = summaries(evidence)[:, 0]
         sets, group_of = torch.unique(evidence.mask, dim=0, return_inverse=True)
         for g in range(len(sets)):
@@ -196,7 +204,7 @@ class EvidenceEncoder(nn.Module):
                 torch.einsum("bhn,mn->bmh", w, y), torch.einsum("bhn,mn->bmh", w, y - p),
                 torch.einsum("bhn,mn->bmh", w, p),
                 effective[:, None].expand(-1, len(rows), -1)], dim=-1)
-            k_max = min(max(self.knn_ks), len(items))
+            k_max = min(max(*self.knn_ks, self.start_knn), len(items))
             top = cosine[:, items].topk(k_max, dim=-1).indices  # (B, k)
             y_top, r_top = y[:, top], (y - p)[:, top]  # (m_g, B, k)
             features, w0 = [], PRIOR_WEIGHT
@@ -205,7 +213,11 @@ class EvidenceEncoder(nn.Module):
                 features += [(y_top[..., :k].sum(-1) + w0 * overall[rows, None]) / (k + w0),
                              r_top[..., :k].sum(-1) / (k + w0)]
             knn[:, rows] = torch.stack(features, dim=-1).permute(1, 0, 2)
-        return pooled, knn
+            if self.start_knn:
+                k = min(self.start_knn, k_max)
+                start[:, rows, 0] = y_top[..., :k].sum(-1).T
+                start[:, rows, 1] = float(k)
+        return pooled, knn, start
 
     def task_posterior(self, task_logits: torch.Tensor,
                        known_tasks: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,7 +244,7 @@ class EvidenceEncoder(nn.Module):
                                                                                        None]],
                                dim=1)
         heads = scores.shape[1]
-        pooled, knn = self._read(scores, cosine, evidence)
+        pooled, knn, start = self._read(scores, cosine, evidence)
         task_logits = self.task_head(query_embeddings)
         by_task = torch.einsum("bt,mtf->bmf", self.task_posterior(task_logits, known_tasks),
                                task_statistics(evidence, self.n_tasks))
@@ -240,7 +252,9 @@ class EvidenceEncoder(nn.Module):
             pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,
             summaries(evidence)[None].expand(batch, -1, -1), by_task], dim=-1)
         capability = self.mlp(features)
-        prior = torch.logit(by_task[..., 0].clamp(EPS, 1 - EPS))
+        w = self.start_knn_weight
+        begin = (start[..., 0] + w * by_task[..., 0]) / (start[..., 1] + w)
+        prior = torch.logit(begin.clamp(EPS, 1 - EPS))
         direct = prior + self.readout(capability)[..., 0]
         discrimination, difficulty = self.item_parameters(query_embeddings)
         ability = self.abilities(evidence)

@@ -105,7 +105,8 @@ class CapsatNetwork(nn.Module):
             head_dim=config.encoder_head_dim, cosine_heads=config.encoder_cosine_heads,
             knn_ks=tuple(config.encoder_knn), hidden=config.encoder_hidden,
             capability_dim=config.capability_dim, irt_dim=config.irt_dim,
-            dropout=config.encoder_dropout)
+            dropout=config.encoder_dropout, start_knn=config.start_knn,
+            start_knn_weight=config.start_knn_weight)
         self.llm = None
         self.lora_targets: list[str] = []
         if not config.use_llm:
