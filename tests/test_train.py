@@ -289,9 +289,10 @@ def test_time_limit_is_met_including_the_final_validation(small_data_path, tiny_
     """The run ends within max_minutes: it stops early enough to validate, checkpoint and save
     the last step inside the limit (not after it)."""
     limit = 6.0
+    # No start grid: its validations come before the first step, whatever the limit.
     trainer = _trainer(small_data_path, tiny_base, tmp_path, encoder_steps=5000, llm_steps=0,
                        eval_every=20, checkpoint_every=20, max_validation_queries=60,
-                       max_minutes=limit / 60)
+                       max_minutes=limit / 60, start_knn_grid=[])
     started = time.perf_counter()
     result = trainer.train()
     elapsed = time.perf_counter() - started

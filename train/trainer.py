@@ -263,7 +263,8 @@ class CapsatTrainer:
             for w in ([model.start_knn_weight] if k == 0 else
                       sorted({float(w) for w in c.start_knn_weight_grid})):
                 self._apply_start(k, w)
-                score = self.selection_score(self.validate("encoder"))
+                score = self.selection_score(self._timed("validation_encoder", self.validate,
+                                                         "encoder"))
                 tried.append({"start_knn": k, "start_knn_weight": w, "score": score})
         best = max(tried, key=lambda t: t["score"])  # the first (simplest) of equals
         self._apply_start(best["start_knn"], best["start_knn_weight"])
