@@ -21,11 +21,12 @@ cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
-validation. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
-scores the validation queries against every training model's whole bank; the router kept is
-the best by ``select_on`` (routed accuracy + query AUC by default). Steps draw their samples
-from a generator seeded by (seed, step, process), so a run resumed from a checkpoint equals an
-uninterrupted one. Checkpoints are safetensors + JSON folders written atomically.
+validation. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each
+stage's end) scores the validation queries, a ``task_label_share`` of them with their task
+label, against every training model's whole bank (its aptitude items alone in model and
+family splits: ``validation_evidence``); the router kept is the best by ``select_on``
+(routed accuracy + query AUC by default). Steps draw their samples from a generator seeded by
+(seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written atomically.
 """
 from __future__ import annotations
 
@@ -128,9 +129,12 @@ class CapsatTrainer:
         #: Seconds of the slowest step and the last validation / checkpoint / save per stage,
         #: for stopping within ``max_minutes`` (kept in checkpoints).
         self.timing: dict[str, float] = {}
+        #: Share of loss and validation queries read with their task label (none when the
+        #: model does not read labels).
+        self.task_label_share = config.task_label_share if model_config.read_task_labels else 0.0
         #: Validation queries' task labels: kept for a seeded ``task_label_share`` of them.
-        share = config.task_label_share if model_config.read_task_labels else 0.0
-        keep = np.random.default_rng([config.seed, 2]).random(len(data.validation)) < share
+        keep = (np.random.default_rng([config.seed, 2]).random(len(data.validation))
+                < self.task_label_share)
         self.validation_tasks = [t if k else None for t, k in zip(data.validation.tasks, keep)]
         #: The direct logit's start, chosen on validation before step 0 (``choose_start``).
         self.start: dict | None = None
@@ -186,9 +190,8 @@ class CapsatTrainer:
         """(B,) the loss queries' task indices, -1 for those read without their label (a
         ``task_label_share`` of them keep it), so the router learns both kinds of input."""
         tasks = self.item_tasks[rows].clone()
-        share = self.config.task_label_share if self.router.config.read_task_labels else 0.0
         rng = np.random.default_rng([self.config.seed, step, self.accelerator.process_index, 1])
-        tasks[torch.from_numpy(rng.random(len(rows)) >= share)] = -1
+        tasks[torch.from_numpy(rng.random(len(rows)) >= self.task_label_share)] = -1
         return tasks
 
     # ------------------------------------------------------------------ loss
@@ -242,8 +245,7 @@ class CapsatTrainer:
             probs = router.predict_proba(queries, router.models)
         finally:
             router.read_through_llm = True
-            router.evidence_items = None
-            router._evidence = None
+            router.evidence_items = None  # the evidence cache is keyed on it
         router.progress = self.config.progress
         scores = validation.scores[router.models].to_numpy(dtype=float)
         return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
