@@ -6,6 +6,7 @@ the real embedded model is exercised by the tests marked slow.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -64,7 +65,7 @@ def test_scores_every_candidate_in_one_pass(router, data):
     network, j = router.network, 2
     embeddings = torch.from_numpy(router.embed(router_queries(texts)).astype(np.float32))
     with torch.no_grad():
-        alone = network(embeddings, router.bank.evidence(np.array([j])),
+        alone = network(embeddings, router.evidence([j]),
                         network.pack_queries(texts, 1)).logits[:, 0]
     np.testing.assert_allclose(torch.sigmoid(alone).numpy(), probs[:, j], atol=1e-5)
     # Asking for some candidates scores only those (the LLM packs just them), same figures.
@@ -431,6 +432,48 @@ def test_the_direct_logit_can_start_at_a_knn_shrunk_toward_the_task(data):
         Queries(texts, tasks=tasks))).max() > 1e-3
 
 
+def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data):
+    """With difficulty_weight b, the untrained router's logit moves by b x (logit of the
+    pool's success on the query's k most similar bank items, shrunk toward its task's, minus
+    logit of its task's), worked by hand from the bank. The pool leaves a known candidate
+    out; a model onboarded from 12 aptitude answers reads the whole pool on every bank item,
+    not its own evidence alone."""
+    from scipy.special import logit
+
+    from capsat.capsat_model.evidence import DIFFICULTY_PRIOR_WEIGHT
+    from capsat.routers import Queries
+
+    k, b = 4, 1.5
+    texts, tasks = data.validation.texts[:6], data.validation.tasks[:6]
+    queries = Queries(texts, tasks=tasks)
+    # Each router its own bank: onboarding adds a row to it.
+    plain, shifted = (_encoder_only(dataclasses.replace(data, bank=copy.deepcopy(data.bank)),
+                                    difficulty_k=k, difficulty_weight=w) for w in (0.0, b))
+    model = data.split.train_models[0]
+    results = {q: float(data.table.scores.at[q, model]) for q in data.aptitude.item_ids}
+    for router in (plain, shifted):
+        router.onboard("newcomer", results)
+    moved = logit(shifted.predict_proba(queries)) - logit(plain.predict_proba(queries))
+    bank = data.bank
+    cosine = plain.embed(Queries(texts)).astype(np.float32) @ bank.embeddings.T
+    nearest = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
+    pools = [(bank.pool_sum - bank.outcomes[j]) / (bank.pool_count - 1)  # j left out
+             for j in range(bank.n_candidates)] + [bank.pool_sum / bank.pool_count]
+    expected = np.zeros_like(moved)
+    for j, pool in enumerate(pools):
+        for i, task in enumerate(tasks):
+            on_task = pool[bank.tasks == data.tasks.index(task)].mean()
+            near = (pool[nearest[i]].sum() + DIFFICULTY_PRIOR_WEIGHT * on_task) / (
+                k + DIFFICULTY_PRIOR_WEIGHT)
+            expected[i, j] = b * (logit(near) - logit(on_task))
+    assert moved.shape[1] == len(data.train_models) + 1
+    np.testing.assert_allclose(moved, expected, atol=1e-4)
+    assert np.abs(expected).max() > 0.05  # the queries differ in difficulty
+    # The newcomer is the trained model it copies, read from 12 answers: its difficulty is
+    # that model's with the model put back into the pool, not one read from 12 items.
+    assert np.abs(expected[:, -1] - expected[:, 0]).max() > 1e-3
+
+
 def test_known_models_read_from_their_aptitude_items_alone(data):
     """``evidence_items`` limits every candidate's evidence to those bank items (training's
     validation of known models as if onboarded); an item outside the bank is refused."""
@@ -440,7 +483,10 @@ def test_known_models_read_from_their_aptitude_items_alone(data):
     items = sorted(data.aptitude.item_ids)
     router.evidence_items = items
     evidence = router.evidence()
-    assert evidence.mask.shape[1] == len(items)
+    # The pool is the whole bank (the query's difficulty reads every item), the evidence
+    # only those items.
+    assert evidence.mask.shape[1] == len(router.bank.item_ids)
+    assert int(evidence.mask.any(dim=0).sum()) == len(items)
     assert (evidence.mask.sum(dim=1) == len(items)).all()
     assert np.abs(router.predict_proba(texts) - whole).max() > 1e-3
     router.evidence_items = None

@@ -167,8 +167,9 @@ def test_resume_equals_uninterrupted_run(small_data_path, tiny_base, tmp_path):
 def test_training_lowers_the_loss_and_moves_validation(small_data_path, tiny_base, tmp_path):
     """A real (tiny) run: the loss on the steps it trained on falls, and validation moves
     off the untrained router's figures (step 0, the per-task prior). Seconds on the CPU."""
+    # Enough validation queries that a small move shows in a rank statistic (AUC).
     trainer = _trainer(small_data_path, tiny_base, tmp_path, encoder_steps=40, llm_steps=0,
-                       eval_every=20, checkpoint_every=40)
+                       eval_every=20, checkpoint_every=40, max_validation_queries=80)
     seen = list(range(10))
 
     def loss_on_seen():
@@ -226,11 +227,13 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
 
 
 def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, tmp_path):
-    """Before step 0 every (start_knn, weight) of the grids is scored on validation; the best
-    is the start of training, recorded at step 0, saved with the router and restored on
-    resume."""
-    trainer = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
-                       llm_steps=0, start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0, 4.0])
+    """Before step 0 every (start_knn, weight) of the grids is scored on validation, then the
+    weight on the query's difficulty by validation log-loss; the best is the start of
+    training, recorded at step 0, saved with the router and restored on resume."""
+    grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
+                 start_knn_weight_grid=[1.0, 4.0], start_difficulty_grid=[2.0, 0.0, 1.0],
+                 max_validation_queries=40)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
     result = trainer.train()
     start = result["start"]
     tried = start["tried"]
@@ -240,17 +243,22 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     assert (start["start_knn"], start["start_knn_weight"]) == (best["start_knn"],
                                                                best["start_knn_weight"])
     assert len({round(t["score"], 9) for t in tried}) > 1  # the start matters
-    assert trainer.history[0]["start"] == {"start_knn": best["start_knn"],
-                                           "start_knn_weight": best["start_knn_weight"]}
+    # The difficulty weight: tried in order, the lowest log-loss kept; it moves calibration.
+    by_loss = start["difficulty_tried"]
+    assert [t["difficulty_weight"] for t in by_loss] == [0.0, 1.0, 2.0]
+    beta = min(by_loss, key=lambda t: t["val_log_loss"])["difficulty_weight"]
+    assert start["difficulty_weight"] == beta
+    assert len({round(t["val_log_loss"], 9) for t in by_loss}) == 3
+    chosen = {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
+              "difficulty_weight": beta}
+    assert trainer.history[0]["start"] == chosen
     saved = json.loads((tmp_path / "best" / "config.json").read_text())
-    assert (saved["start_knn"], saved["start_knn_weight"]) == (best["start_knn"],
-                                                               best["start_knn_weight"])
-    again = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
-                     llm_steps=0, start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0, 4.0],
-                     resume=True)
+    assert {k: saved[k] for k in chosen} == chosen
+    again = _trainer(small_data_path, tiny_base, tmp_path, resume=True, **grids)
     again.load_checkpoint(again.latest_checkpoint())
-    assert again.router.config.start_knn == best["start_knn"]
-    assert again.accelerator.unwrap_model(again.network).encoder.start_knn == best["start_knn"]
+    encoder = again.accelerator.unwrap_model(again.network).encoder
+    assert again.router.config.start_knn == best["start_knn"] == encoder.start_knn
+    assert again.router.config.difficulty_weight == beta == encoder.difficulty_weight
 
 
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):

@@ -74,6 +74,11 @@ class TrainConfig:
                                            "select_on is kept; empty: the model config's)")
     start_knn_weight_grid: list[float] = help_field([2.0, 8.0, 32.0], "values of the model's "
                                                     "start_knn_weight tried with each")
+    start_difficulty_grid: list[float] = help_field([0.0, 0.5, 1.0, 1.5, 2.0], "values of "
+                                                    "the model's difficulty_weight tried on "
+                                                    "validation after the start (lowest "
+                                                    "log-loss kept; empty: the model "
+                                                    "config's)")
     validation_evidence: str = help_field("split", "what the training models read at "
                                           "validation: 'bank' (their whole train outcomes, "
                                           "as known models), 'aptitude' (only their aptitude "
@@ -112,6 +117,9 @@ class TrainConfig:
         if any(float(w) <= 0 for w in self.start_knn_weight_grid):
             raise ValueError(f"start_knn_weight_grid must hold values > 0, got "
                              f"{self.start_knn_weight_grid}")
+        if any(float(b) < 0 for b in self.start_difficulty_grid):
+            raise ValueError(f"start_difficulty_grid must hold values >= 0, got "
+                             f"{self.start_difficulty_grid}")
         if self.start_knn_grid and any(self.start_knn_grid) and not self.start_knn_weight_grid:
             raise ValueError("start_knn_weight_grid is empty while start_knn_grid tries k > 0")
         if not 0.0 <= self.task_label_share <= 1.0:

@@ -21,7 +21,8 @@ cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
-validation. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each
+validation by ``select_on``, then its weight on the query's difficulty from
+``start_difficulty_grid`` on validation log-loss. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each
 stage's end) scores the validation queries, a ``task_label_share`` of them with their task
 label, against every training model's whole bank (its aptitude items alone in model and
 family splits: ``validation_evidence``); the router kept is the best by ``select_on``
@@ -120,6 +121,15 @@ class CapsatTrainer:
         self.observed = torch.from_numpy(~np.isnan(bank.outcomes))
         self.pool_loo = torch.from_numpy(bank.pool_success()).float()
         self.pool_mean = torch.from_numpy(bank.pool_sum / np.maximum(bank.pool_count, 1)).float()
+        #: The baseline of the query's difficulty: the pool's success per task over the
+        #: whole bank, each training model left out (as the router reads its bank); the
+        #: whole pool's for a pseudo-model.
+        self.task_success = torch.from_numpy(bank.task_success(len(data.tasks))).float()
+        scored = bank.pool_count > 0
+        self.pool_task_success = torch.from_numpy(np.array([
+            self.pool_mean.numpy()[scored & (bank.tasks == t)].mean()
+            if (scored & (bank.tasks == t)).any() else 0.5 for t in range(len(data.tasks))
+        ])).float()
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         self.step = 0
@@ -161,6 +171,7 @@ class CapsatTrainer:
         observed = self.observed[:, pool]
         labels = self.outcomes[:, rows].T
         success = self.pool_loo[:, pool]
+        task_success = self.task_success
         if c.pseudo_models and m >= 2:
             mix_out, mix_lab = [], []
             for _ in range(c.pseudo_models):
@@ -174,6 +185,8 @@ class CapsatTrainer:
             observed = torch.cat([observed, torch.ones(len(mix_out), len(pool), dtype=bool)])
             labels = torch.cat([labels, torch.stack(mix_lab, dim=1)], dim=1)
             success = torch.cat([success, self.pool_mean[pool].expand(len(mix_out), -1)])
+            task_success = torch.cat([task_success,
+                                      self.pool_task_success.expand(len(mix_out), -1)])
         mask = observed.clone()
         aptitude_mode = rng.random(len(mask)) >= c.bank_share
         for j in np.flatnonzero(aptitude_mode):
@@ -183,7 +196,7 @@ class CapsatTrainer:
                                         replace=False)] = True
             mask[j] &= torch.from_numpy(keep)
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
-                            mask)
+                            mask, task_success)
         return rows, pool, evidence, labels
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
@@ -258,8 +271,9 @@ class CapsatTrainer:
         encoder's answer is that start). Every process computes the same choice."""
         c, model = self.config, self.router.config
         if not c.start_knn_grid:
-            return {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
-                    "selected_on": "config"}
+            chosen = {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
+                      "selected_on": "config"}
+            return {**chosen, **self.choose_difficulty_weight()}
         tried = []
         for k in sorted({int(k) for k in c.start_knn_grid}):
             for w in ([model.start_knn_weight] if k == 0 else
@@ -271,12 +285,34 @@ class CapsatTrainer:
         best = max(tried, key=lambda t: t["score"])  # the first (simplest) of equals
         self._apply_start(best["start_knn"], best["start_knn_weight"])
         return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
-                "selected_on": "validation", "tried": tried}
+                "selected_on": "validation", "tried": tried, **self.choose_difficulty_weight()}
+
+    def choose_difficulty_weight(self) -> dict:
+        """The start's weight on the query's difficulty, lowest validation log-loss of
+        ``start_difficulty_grid`` (it shifts every candidate of a query alike, so routing
+        metrics cannot choose it); the model config's without a grid or a difficulty."""
+        model = self.router.config
+        grid = sorted({float(b) for b in self.config.start_difficulty_grid})
+        if not model.difficulty_k or not grid:
+            self._apply_difficulty_weight(model.difficulty_weight)
+            return {"difficulty_weight": model.difficulty_weight}
+        tried = []
+        for beta in grid:
+            self._apply_difficulty_weight(beta)
+            record = self._timed("validation_encoder", self.validate, "encoder")
+            tried.append({"difficulty_weight": beta, "val_log_loss": record["val_log_loss"]})
+        best = min(tried, key=lambda t: t["val_log_loss"])  # the first (smallest) of equals
+        self._apply_difficulty_weight(best["difficulty_weight"])
+        return {"difficulty_weight": best["difficulty_weight"], "difficulty_tried": tried}
 
     def _apply_start(self, k: int, weight: float) -> None:
         encoder = self.accelerator.unwrap_model(self.network).encoder
         encoder.start_knn, encoder.start_knn_weight = int(k), float(weight)
         self.router.config.start_knn, self.router.config.start_knn_weight = int(k), float(weight)
+
+    def _apply_difficulty_weight(self, beta: float) -> None:
+        self.accelerator.unwrap_model(self.network).encoder.difficulty_weight = float(beta)
+        self.router.config.difficulty_weight = float(beta)
 
     def selection_score(self, record: dict) -> float:
         if self.config.select_on == "auc":
@@ -340,6 +376,7 @@ class CapsatTrainer:
         self.timing = dict(state["timing"])
         self.start = state["start"]
         self._apply_start(self.start["start_knn"], self.start["start_knn_weight"])
+        self._apply_difficulty_weight(self.start["difficulty_weight"])
 
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
@@ -436,7 +473,8 @@ class CapsatTrainer:
             # beat (and the first estimate of what a validation costs).
             self.start = self.choose_start()
             record = {"step": 0, "stage": "initial", "seconds": 0.0,
-                      "start": {k: self.start[k] for k in ("start_knn", "start_knn_weight")}}
+                      "start": {k: self.start[k] for k in ("start_knn", "start_knn_weight",
+                                                           "difficulty_weight")}}
             self._validate_and_keep_best(record, "encoder")
             self._log(record, log_path)
         bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",

@@ -59,11 +59,24 @@ class EvidenceBank:
         count = self.pool_count[None] - own_count
         return np.where(count > 0, (self.pool_sum[None] - own) / np.maximum(count, 1), 0.5)
 
+    def task_success(self, n_tasks: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """(M, T) the pool's mean success per task over the bank's scored items, each
+        candidate left out as in ``pool_success`` (0.5 for an empty task)."""
+        scored = np.flatnonzero(self.pool_count > 0)
+        one_hot = np.zeros((len(scored), n_tasks))
+        one_hot[np.arange(len(scored)), self.tasks[scored]] = 1.0
+        count = one_hot.sum(axis=0)
+        total = self.pool_success(rows)[:, scored] @ one_hot
+        return np.where(count > 0, total / np.maximum(count, 1), 0.5)
+
     def evidence(self, rows: np.ndarray | None = None, *, max_items: int = 0,
-                 seed: int = 0, items: Sequence[str] | None = None) -> Evidence:
+                 seed: int = 0, items: Sequence[str] | None = None,
+                 n_tasks: int | None = None) -> Evidence:
         """The evidence of candidates ``rows`` (default all) over the items any of them has,
         each capped at ``max_items`` of its items (a seeded sample; 0 = all); ``items``: only
-        these bank items (a known model read as if onboarded from its results on them)."""
+        these bank items (a known model read as if onboarded from its results on them).
+        With ``n_tasks`` (a router that reads the query's difficulty) the pool is every item
+        the training pool scored, whoever's evidence it is in, with ``task_success``."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
         has = ~np.isnan(self.outcomes[rows])
         if items is not None:
@@ -82,13 +95,17 @@ class EvidenceBank:
                     keep = rng.choice(items, max_items, replace=False)
                     has[r] = False
                     has[r, keep] = True
-        used = np.flatnonzero(has.any(axis=0))
+        used = np.flatnonzero(has.any(axis=0) if n_tasks is None
+                              else has.any(axis=0) | (self.pool_count > 0))
         outcomes = np.nan_to_num(self.outcomes[rows][:, used], nan=0.0)
+        task_success = None
+        if n_tasks is not None:
+            task_success = torch.from_numpy(self.task_success(n_tasks, rows).astype(np.float32))
         return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),
                         torch.from_numpy(self.tasks[used].astype(np.int64)),
                         torch.from_numpy(outcomes.astype(np.float32)),
                         torch.from_numpy(self.pool_success(rows)[:, used].astype(np.float32)),
-                        torch.from_numpy(has[:, used]))
+                        torch.from_numpy(has[:, used]), task_success)
 
     def add(self, results: dict[str, float], trained: bool = False) -> None:
         """A new candidate with outcomes on some bank items (its aptitude answers)."""

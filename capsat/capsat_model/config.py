@@ -44,6 +44,13 @@ class CapsatConfig(RouterConfig):
                                 "per-task accuracy alone); training picks it on validation")
     start_knn_weight: float = help_field(4.0, "pseudo-count of the per-task accuracy in that "
                                          "start")
+    difficulty_k: int = help_field(20, "the encoder reads the query's difficulty: the "
+                                   "training pool's success on its this many most similar "
+                                   "bank items, against its task's (the same for every "
+                                   "candidate, new or known; 0: off)")
+    difficulty_weight: float = help_field(0.0, "the direct logit's start moves by this times "
+                                          "that difficulty (a calibration that changes no "
+                                          "routing); training picks it on validation log-loss")
     encoder_hidden: int = help_field(128, "hidden width of the encoder's MLP")
     capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
                                      "instruction) that becomes the soft tokens")
@@ -80,7 +87,8 @@ class CapsatConfig(RouterConfig):
         if self.start_knn_weight <= 0:
             raise ValueError(f"CapsatConfig.start_knn_weight must be > 0, got "
                              f"{self.start_knn_weight}")
-        for name in ("encoder_heads", "encoder_cosine_heads", "max_evidence", "start_knn"):
+        for name in ("encoder_heads", "encoder_cosine_heads", "max_evidence", "start_knn",
+                     "difficulty_k"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"CapsatConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.encoder_heads + self.encoder_cosine_heads < 1:

@@ -20,13 +20,20 @@ The encoder reads each candidate's evidence *conditioned on the instruction bein
 - the candidate's accuracy on each task (shrunk toward its overall accuracy, with its count),
   at the instruction's task: its label when it has one, as every per-task router reads it,
   else a task head's posterior (logs carry no task label); and whole-set summaries
-  (accuracy, residual, size).
+  (accuracy, residual, size);
+- with ``difficulty_k``, the query's difficulty for the training pool: its success on the
+  query's most similar items of the whole bank, against the task's (the candidate left out
+  of the pool; every item counts, so a new model with 140 evidence items gets it as sharp as
+  a known one).
 
 An MLP turns these into the candidate's capability vector: the connector maps it to soft
 tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
 which starts at logit((outcomes of the ``start_knn`` most similar items + w x accuracy on the
 instruction's task) / (start_knn + w)): a kNN shrunk toward the per-task prior (with
-``start_knn`` 0, the per-task prior; training picks both on validation).
+``start_knn`` 0, the per-task prior; training picks both on validation), plus
+``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
+for every candidate, so it changes routing little; training picks it on validation
+log-loss).
 
 Nothing per-instruction that training could fit to its own loss queries enters the direct
 path: what it knows of the instruction comes through other items (attention, kNN, task).
@@ -55,6 +62,8 @@ TASK_FEATURES = 3
 KNN_FEATURES = 2
 #: Pseudo-counts of the candidate's overall accuracy in its per-task / kNN accuracies.
 PRIOR_WEIGHT = 2.0
+#: Pseudo-count of the task's pool success in the query's difficulty (``difficulty_k``).
+DIFFICULTY_PRIOR_WEIGHT = 4.0
 EPS = 1e-6
 
 
@@ -67,10 +76,14 @@ class Evidence:
     outcomes: torch.Tensor  # (M, N) the candidate's score on the item, in [0, 1]
     pool_success: torch.Tensor  # (M, N) the training pool's mean score on it (its difficulty)
     mask: torch.Tensor  # (M, N) bool: this item is in this candidate's evidence
+    #: (M, T) the pool's mean success per task over the whole bank, the candidate left out
+    #: as in ``pool_success``: the baseline of the query's difficulty (``difficulty_k``).
+    task_success: torch.Tensor | None = None
 
     def to(self, device) -> "Evidence":
-        return Evidence(*(t.to(device) for t in (self.embeddings, self.tasks, self.outcomes,
-                                                 self.pool_success, self.mask)))
+        return Evidence(*(None if t is None else t.to(device) for t in (
+            self.embeddings, self.tasks, self.outcomes, self.pool_success, self.mask,
+            self.task_success)))
 
     @property
     def n_candidates(self) -> int:
@@ -79,19 +92,22 @@ class Evidence:
     def select(self, rows) -> "Evidence":
         """The evidence of some candidates (the same item pool)."""
         return Evidence(self.embeddings, self.tasks, self.outcomes[rows],
-                        self.pool_success[rows], self.mask[rows])
+                        self.pool_success[rows], self.mask[rows],
+                        None if self.task_success is None else self.task_success[rows])
 
 
 @dataclass
 class EncoderOutput:
     capability: torch.Tensor  # (B, M, C): what the connector turns into soft tokens
     direct_logit: torch.Tensor  # (B, M)
-    prior_logit: torch.Tensor  # (B, M) logit of the per-task prior the direct logit starts at
+    prior_logit: torch.Tensor  # (B, M) the start of the direct logit (prior, kNN, difficulty)
     irt_logit: torch.Tensor  # (B, M) a_q . theta_m - b_q
     task_logits: torch.Tensor  # (B, T): which of the router's tasks the instruction is
     ability: torch.Tensor  # (M, D), centred over the M candidates
     discrimination: torch.Tensor  # (B, D) >= 0
-    difficulty: torch.Tensor  # (B,)
+    difficulty: torch.Tensor  # (B,) the IRT head's b_q
+    #: (B, M) logit of the pool's success near the query minus that of its task (None: off)
+    pool_difficulty: torch.Tensor | None = None
 
 
 def summaries(evidence: Evidence) -> torch.Tensor:
@@ -122,13 +138,17 @@ class EvidenceEncoder(nn.Module):
     def __init__(self, embedding_dim: int, n_tasks: int, *, heads: int = 4, head_dim: int = 32,
                  cosine_heads: int = 2, knn_ks: tuple[int, ...] = (10, 40), hidden: int = 128,
                  capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1,
-                 start_knn: int = 0, start_knn_weight: float = 4.0):
+                 start_knn: int = 0, start_knn_weight: float = 4.0, difficulty_k: int = 0,
+                 difficulty_weight: float = 0.0):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
         #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
         #: evidence items, shrunk toward the per-task accuracy (0: the per-task accuracy).
         self.start_knn, self.start_knn_weight = int(start_knn), float(start_knn_weight)
         self.cosine_heads, self.knn_ks = cosine_heads, tuple(int(k) for k in knn_ks)
+        #: The query's difficulty: the pool's success on its ``difficulty_k`` most similar
+        #: items, an input of the MLP (0: off) and, times ``difficulty_weight``, of the start.
+        self.difficulty_k, self.difficulty_weight = int(difficulty_k), float(difficulty_weight)
         self.task_head = nn.Sequential(nn.LayerNorm(embedding_dim),
                                        nn.Linear(embedding_dim, n_tasks))
         self.query_keys = nn.Linear(embedding_dim, heads * head_dim)
@@ -139,7 +159,7 @@ class EvidenceEncoder(nn.Module):
         self.cosine_log_scale = nn.Parameter(
             torch.log(torch.logspace(1, 2, cosine_heads)) if cosine_heads else torch.zeros(0))
         inputs = ((heads + cosine_heads) * POOLED_PER_HEAD + len(self.knn_ks) * KNN_FEATURES
-                  + SUMMARY_FEATURES + TASK_FEATURES)
+                  + SUMMARY_FEATURES + TASK_FEATURES + (1 if self.difficulty_k else 0))
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(inputs, hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, capability_dim),
                                  nn.GELU())
@@ -230,6 +250,24 @@ class EvidenceEncoder(nn.Module):
         one_hot = nn.functional.one_hot(known_tasks.clamp_min(0), self.n_tasks).to(posterior)
         return torch.where(known[:, None], one_hot, posterior)
 
+    def pool_difficulty(self, cosine: torch.Tensor, evidence: Evidence,
+                        posterior: torch.Tensor) -> torch.Tensor:
+        """(B, M) how much harder the query is than its task for the training pool:
+        logit((pool success on its ``difficulty_k`` most similar items + w x the task's) /
+        (k + w)) - logit(the task's), the task weighted by ``posterior`` (B, T). Read from
+        every item of the pool, whoever's evidence it is in, so a new model with a few
+        evidence items gets it as sharp as a known one; the pool leaves the candidate out
+        (``pool_success``), so a known model's own outcomes never pose as difficulty."""
+        if evidence.task_success is None:
+            raise ValueError("difficulty_k > 0 needs the evidence's task_success (the pool's "
+                             "success per task)")
+        k = min(self.difficulty_k, cosine.shape[1])
+        top = cosine.topk(k, dim=-1).indices  # (B, k)
+        task = (posterior @ evidence.task_success.T).clamp(EPS, 1 - EPS)  # (B, M)
+        w = DIFFICULTY_PRIOR_WEIGHT
+        near = (evidence.pool_success[:, top].sum(-1).T + w * task) / (k + w)  # (B, M)
+        return torch.logit(near.clamp(EPS, 1 - EPS)) - torch.logit(task)
+
     def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
                 known_tasks: torch.Tensor | None = None) -> EncoderOutput:
         batch, m = query_embeddings.shape[0], evidence.n_candidates
@@ -246,21 +284,26 @@ class EvidenceEncoder(nn.Module):
         heads = scores.shape[1]
         pooled, knn, start = self._read(scores, cosine, evidence)
         task_logits = self.task_head(query_embeddings)
-        by_task = torch.einsum("bt,mtf->bmf", self.task_posterior(task_logits, known_tasks),
-                               task_statistics(evidence, self.n_tasks))
-        features = torch.cat([
-            pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,
-            summaries(evidence)[None].expand(batch, -1, -1), by_task], dim=-1)
-        capability = self.mlp(features)
+        posterior = self.task_posterior(task_logits, known_tasks)
+        by_task = torch.einsum("bt,mtf->bmf", posterior, task_statistics(evidence, self.n_tasks))
+        parts = [pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,
+                 summaries(evidence)[None].expand(batch, -1, -1), by_task]
+        difficulty = None
+        if self.difficulty_k:
+            difficulty = self.pool_difficulty(cosine, evidence, posterior)
+            parts.append(difficulty[..., None])
+        capability = self.mlp(torch.cat(parts, dim=-1))
         w = self.start_knn_weight
         begin = (start[..., 0] + w * by_task[..., 0]) / (start[..., 1] + w)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
+        if difficulty is not None and self.difficulty_weight:
+            prior = prior + self.difficulty_weight * difficulty
         direct = prior + self.readout(capability)[..., 0]
-        discrimination, difficulty = self.item_parameters(query_embeddings)
+        discrimination, b_q = self.item_parameters(query_embeddings)
         ability = self.abilities(evidence)
-        irt_logit = discrimination @ ability.T - difficulty[:, None]
+        irt_logit = discrimination @ ability.T - b_q[:, None]
         return EncoderOutput(capability, direct, prior, irt_logit, task_logits, ability,
-                             discrimination, difficulty)
+                             discrimination, b_q, difficulty)
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

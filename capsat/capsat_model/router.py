@@ -156,9 +156,10 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         key = (None if rows is None else tuple(int(r) for r in rows),
                None if self.evidence_items is None else tuple(self.evidence_items))
         if self._evidence is None or self._evidence[0] != key:
-            evidence = self.bank.evidence(None if rows is None else np.asarray(rows),
-                                          max_items=self.config.max_evidence,
-                                          items=self.evidence_items)
+            evidence = self.bank.evidence(
+                None if rows is None else np.asarray(rows), max_items=self.config.max_evidence,
+                items=self.evidence_items,
+                n_tasks=len(self.tasks) if self.config.difficulty_k else None)
             self._evidence = (key, evidence.to(self.device))
         return self._evidence[1]
 
