@@ -13,8 +13,8 @@ Everything after ``--`` overrides the recipe, as on `capsat train`'s command lin
    ``capsat eval`` on the test part of the same split and seed with ``capsat:PATH`` and the
    baselines (in a model or family split the harness onboards every held-out model into each
    router that can, from its results on the aptitude items alone);
-3. paired bootstrap (95%) of CapSAT's routed score and query AUC against every baseline and
-   reference, on the same test queries.
+3. paired bootstrap (95%) of CapSAT's routed score, query AUC and pooled AUC against every
+   baseline and reference, on the same test queries.
 
 Writes ``OUT/NAME/summary.{json,md}`` and ``eval_<items>/results.{json,md}``; ``--results DIR``
 copies the summary and results there (bench/results/...).
@@ -60,15 +60,15 @@ def render(summary: dict) -> str:
             lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.4f}"
                                                      for v in cells) + " |")
         if run["capsat_minus"]:
-            lines += ["", "| CapSAT minus | routed accuracy [95% CI] | query AUC [95% CI] |",
-                      "|---|---|---|"]
+            lines += ["", "| CapSAT minus | routed accuracy [95% CI] | query AUC [95% CI] | "
+                          "AUC [95% CI] |", "|---|---|---|---|"]
             for other, row in run["capsat_minus"].items():
                 cells = []
-                for key in ("routed_accuracy", "query_auc"):
+                for key in ("routed_accuracy", "query_auc", "auc"):
                     d = row.get(key)
                     cells.append("" if d is None else f"{d['difference']:+.4f} "
                                  f"[{d['low']:+.4f}, {d['high']:+.4f}]")
-                lines.append(f"| {other} | {cells[0]} | {cells[1]} |")
+                lines.append(f"| {other} | " + " | ".join(cells) + " |")
         if run.get("skipped"):
             lines += ["", f"Skipped: {run['skipped']}"]
     return "\n".join(lines) + "\n"
@@ -144,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             acc = row["routed_accuracy"]
             line = (f"capsat - {other}: routed {acc['difference']:+.4f} "
                     f"[{acc['low']:+.4f}, {acc['high']:+.4f}]")
-            if "query_auc" in row:
-                q = row["query_auc"]
-                line += f"; query AUC {q['difference']:+.4f} [{q['low']:+.4f}, {q['high']:+.4f}]"
+            for key, name in (("query_auc", "query AUC"), ("auc", "AUC")):
+                if key in row:
+                    q = row[key]
+                    line += (f"; {name} {q['difference']:+.4f} [{q['low']:+.4f}, "
+                             f"{q['high']:+.4f}]")
             print(line, flush=True)
     write_json(root / "summary.json", summary, indent=2)
     write_text(root / "summary.md", render(summary))

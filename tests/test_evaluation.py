@@ -182,6 +182,39 @@ def test_per_task_best_single_is_a_second_reference(mmlu_small):
     assert "per-task best single" in format_table(result)
 
 
+def test_paired_pooled_auc_bootstrap(mmlu_small):
+    """The pooled AUC's paired bootstrap: with every query once it is the two AUCs'
+    difference (ties counting half, as sklearn's); its interval holds that difference and is
+    seeded; ``compare`` reports it for routers scored in the same run, not from JSON."""
+    from sklearn.metrics import roc_auc_score
+
+    from capsat.evaluation.compare import _PooledAuc, compare, paired_auc_bootstrap
+
+    rng = np.random.default_rng(0)
+    right = rng.random((50, 4)) < 0.5
+    tied = np.round(rng.random((50, 4)), 1)  # many ties
+    assert _PooledAuc(tied, right)(np.ones(50)) == pytest.approx(
+        roc_auc_score(right.ravel(), tied.ravel()))
+    weights = rng.integers(0, 3, 50).astype(float)  # a resample: queries 0, 1 or 2 times
+    repeated = np.repeat(np.arange(50), weights.astype(int))
+    assert _PooledAuc(tied, right)(weights) == pytest.approx(
+        roc_auc_score(right[repeated].ravel(), tied[repeated].ravel()))
+    result = evaluate(mmlu_small, "query", "knn,aptitude_prior,oracle", plots=False)
+    rows = compare(result, "knn", ["aptitude_prior", "best_single"], samples=200)
+    auc = rows["aptitude_prior"]["auc"]
+    expected = result.routers["knn"]["auc"] - result.routers["aptitude_prior"]["auc"]
+    assert auc["difference"] == pytest.approx(expected)
+    assert auc["low"] <= expected <= auc["high"] and auc["low"] < auc["high"]
+    assert "auc" not in rows["best_single"]  # a reference, not a router
+    again = paired_auc_bootstrap(result.probabilities["knn"],
+                                 result.probabilities["aptitude_prior"], result.test_right,
+                                 samples=200)
+    assert (again["low"], again["high"]) == (auc["low"], auc["high"])
+    from_json = compare(result.to_json(), "knn", ["aptitude_prior"], samples=200)
+    assert "auc" not in from_json["aptitude_prior"]
+    assert "probabilities" not in result.to_json()
+
+
 def test_saved_routers_that_saw_the_test_part_are_refused(mmlu_small, tmp_path):
     """Item 2: every router records what it was fitted on; eval refuses overlap, and a router
     without a record unless the user overrides."""

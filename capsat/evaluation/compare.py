@@ -1,9 +1,10 @@
 """Paired comparisons of routers on the same test queries: the difference of a per-query
-figure (realised score, query AUC) with a paired bootstrap 95% interval.
+figure (realised score, query AUC), and of the pooled AUC over every (query, candidate)
+pair, with a paired bootstrap 95% interval.
 
 A single split's difference is an anecdote unless its interval says otherwise: queries are
 resampled with replacement, the same queries for both routers, and the interval is the
-2.5th to 97.5th percentile of the resampled mean differences.
+2.5th to 97.5th percentile of the resampled differences.
 """
 from __future__ import annotations
 
@@ -31,11 +32,58 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], *,
             "share_above_zero": float((means > 0).mean()), "queries": int(len(diff))}
 
 
+class _PooledAuc:
+    """The pooled AUC of one router's (query, candidate) probabilities under query weights
+    (a bootstrap resample's multiplicities): pairs are sorted once, so each resample costs
+    one pass (ties count half, as ``roc_auc_score``)."""
+
+    def __init__(self, probs: np.ndarray, right: np.ndarray):
+        flat = probs.ravel()
+        order = np.argsort(flat, kind="stable")
+        self.query = np.repeat(np.arange(probs.shape[0]), probs.shape[1])[order]
+        self.right = right.ravel()[order].astype(float)
+        # Tied probabilities form one group.
+        self.group = np.concatenate([[0], np.cumsum(np.diff(flat[order]) != 0)])
+        self.groups = int(self.group[-1]) + 1
+
+    def __call__(self, weights: np.ndarray) -> float:
+        w = weights[self.query]
+        pos = np.bincount(self.group, w * self.right, self.groups)
+        neg = np.bincount(self.group, w * (1 - self.right), self.groups)
+        below = np.cumsum(neg) - neg  # negatives strictly below each group
+        total = pos.sum() * neg.sum()
+        return float((pos * (below + 0.5 * neg)).sum() / total) if total else float("nan")
+
+
+def paired_auc_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, right: np.ndarray, *,
+                         samples: int = 2000, seed: int = 0) -> dict:
+    """AUC(a) - AUC(b), each pooled over every (query, candidate) pair, with the paired
+    bootstrap 95% interval over queries (the same resampled queries for both)."""
+    if not probs_a.shape == probs_b.shape == right.shape:
+        raise ValueError(f"paired AUCs need the same (queries, candidates): {probs_a.shape}, "
+                         f"{probs_b.shape}, {right.shape}")
+    auc_a, auc_b = _PooledAuc(probs_a, right), _PooledAuc(probs_b, right)
+    n = len(right)
+    ones = np.ones(n)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(samples):
+        weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
+        diffs.append(auc_a(weights) - auc_b(weights))
+    diffs = np.array(diffs)
+    return {"difference": auc_a(ones) - auc_b(ones), "low": float(np.nanpercentile(diffs, 2.5)),
+            "high": float(np.nanpercentile(diffs, 97.5)),
+            "share_above_zero": float((diffs > 0).mean()), "queries": int(n)}
+
+
 def compare(result, router: str, others: Sequence[str], *, samples: int = 2000,
             seed: int = 0) -> dict:
     """``router`` against each of ``others`` (routers or references of ``result``, an
-    ``EvalResult`` or its JSON): routed score, and query AUC where both are routers."""
+    ``EvalResult`` or its JSON): routed score, and query AUC where both are routers; the
+    pooled AUC too where ``result`` still holds both routers' probabilities (an
+    ``EvalResult`` just computed, not its JSON)."""
     per_query = result["per_query"] if isinstance(result, dict) else result.per_query
+    probabilities = {} if isinstance(result, dict) else result.probabilities
     mine = per_query[router]
     out = {}
     for other in others:
@@ -45,5 +93,8 @@ def compare(result, router: str, others: Sequence[str], *, samples: int = 2000,
         if "query_auc" in mine and "query_auc" in theirs:
             row["query_auc"] = paired_bootstrap(mine["query_auc"], theirs["query_auc"],
                                                 samples=samples, seed=seed)
+        if router in probabilities and other in probabilities:
+            row["auc"] = paired_auc_bootstrap(probabilities[router], probabilities[other],
+                                              result.test_right, samples=samples, seed=seed)
         out[other] = row
     return out

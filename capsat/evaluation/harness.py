@@ -75,9 +75,14 @@ class EvalResult:
     #: whose candidates were all right or all wrong).
     per_query: dict[str, dict] = field(default_factory=dict)
     query_ids: list[str] = field(default_factory=list)
+    #: In memory only (not in the JSON): each router's (queries, candidates) probabilities
+    #: and which pairs were right, for paired pooled-AUC comparisons (``compare``).
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    test_right: np.ndarray | None = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("probabilities", "test_right")}
 
 
 def _embed_parts(parts: dict[str, OutcomeTable], encoder: str) -> dict[str, np.ndarray]:
@@ -166,6 +171,7 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
         aptitude_results = experiment.aptitude_results(test_models)
 
     scores = test.scores[test_models].to_numpy(dtype=float)
+    result.test_right = scores >= M.CORRECT_AT
     costs = None if test.costs is None else test.costs[test_models].to_numpy(dtype=float)
     expected_costs = None
     if costs is not None:  # per-model costs known before the call: train means
@@ -250,6 +256,7 @@ def evaluate(data: str | OutcomeTable, split: str = "query", routers: str | Sequ
             result.curves[spec.label] = M.cost_curve(probs, scores, costs,
                                                      expected_costs).tolist()
         result.routers[spec.label] = row
+        result.probabilities[spec.label] = probs
 
     if out_dir is not None:
         write_outputs(result, Path(out_dir), plots=plots)
