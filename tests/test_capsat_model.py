@@ -164,6 +164,22 @@ def test_saved_config_must_be_complete(router, tmp_path):
         CapsatRouter.from_pretrained(tmp_path / "r")
 
 
+def test_a_router_saved_before_the_difficulty_loads_as_it_was(data, tmp_path):
+    """A config saved before ``difficulty_k`` existed (v3.2) loads with the difficulty off,
+    which is how that router behaves, and scores as a router saved with it off."""
+    router = _encoder_only(data, difficulty_k=0)
+    router.save_pretrained(tmp_path / "now")
+    config = json.loads((tmp_path / "now" / "config.json").read_text())
+    for name in ("difficulty_k", "difficulty_weight"):
+        del config[name]
+    (tmp_path / "now" / "config.json").write_text(json.dumps(config))
+    old = CapsatRouter.from_pretrained(tmp_path / "now")
+    assert (old.config.difficulty_k, old.config.difficulty_weight) == (0, 0.0)
+    texts = data.validation.texts[:4]
+    np.testing.assert_allclose(old.predict_proba(texts), router.predict_proba(texts),
+                               atol=1e-6)
+
+
 def test_onboarding_adds_a_model_from_its_aptitude_results(router, data, tmp_path):
     router.save_pretrained(tmp_path / "r")
     loaded = CapsatRouter.from_pretrained(tmp_path / "r")

@@ -129,6 +129,28 @@ def test_a_step_never_reads_its_own_loss_queries(small_data_path, tiny_base, tmp
     assert (a[0] == b[0]).all() and torch.equal(a[2].mask, b[2].mask)  # seeded per step
 
 
+def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, tiny_base,
+                                                               tmp_path):
+    """The pool's success on the evidence (and per task, the difficulty's baseline) leaves
+    out a training model's own outcomes, and a pseudo-model's two parents: its own outcomes
+    never pose as how hard the items are."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, pseudo_models=3)
+    m = len(trainer.data.train_models)
+    for j in range(m):
+        success, per_task = trainer.pool_without([j])
+        torch.testing.assert_close(success, trainer.pool_loo[j])
+        torch.testing.assert_close(per_task, trainer.task_success[j])
+    pairs = {(a, b): trainer.pool_without([a, b]) for a in range(m) for b in range(a + 1, m)}
+    _, pool, evidence, _ = trainer.sample(2)
+    everyone = trainer.pool_sum[pool] / trainer.pool_count[pool]
+    for row in range(m, m + 3):
+        found = [key for key, (success, per_task) in pairs.items()
+                 if torch.allclose(evidence.pool_success[row], success[pool])
+                 and torch.allclose(evidence.task_success[row], per_task)]
+        assert found, f"pseudo-model {row} is read against no pool without two parents"
+        assert not torch.allclose(evidence.pool_success[row], everyone)
+
+
 def test_stages_train_their_own_parts(small_data_path, tiny_base, tmp_path):
     trainer = _trainer(small_data_path, tiny_base, tmp_path, encoder_steps=2, llm_steps=1)
     before = trainer.router.network.trainable_state()

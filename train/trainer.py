@@ -120,16 +120,15 @@ class CapsatTrainer:
         self.outcomes = torch.from_numpy(np.nan_to_num(bank.outcomes, nan=0.0)).float()
         self.observed = torch.from_numpy(~np.isnan(bank.outcomes))
         self.pool_loo = torch.from_numpy(bank.pool_success()).float()
-        self.pool_mean = torch.from_numpy(bank.pool_sum / np.maximum(bank.pool_count, 1)).float()
         #: The baseline of the query's difficulty: the pool's success per task over the
-        #: whole bank, each training model left out (as the router reads its bank); the
-        #: whole pool's for a pseudo-model.
+        #: whole bank, each training model left out (as the router reads its bank).
         self.task_success = torch.from_numpy(bank.task_success(len(data.tasks))).float()
-        scored = bank.pool_count > 0
-        self.pool_task_success = torch.from_numpy(np.array([
-            self.pool_mean.numpy()[scored & (bank.tasks == t)].mean()
-            if (scored & (bank.tasks == t)).any() else 0.5 for t in range(len(data.tasks))
-        ])).float()
+        self.pool_sum = torch.from_numpy(bank.pool_sum).float()
+        self.pool_count = torch.from_numpy(bank.pool_count).float()
+        scored = torch.from_numpy(bank.pool_count > 0).float()
+        self.scored_by_task = nn.functional.one_hot(
+            torch.from_numpy(bank.tasks.astype(np.int64)), len(data.tasks)).float()
+        self.scored_by_task *= scored[:, None]  # (N, T): which scored items are of each task
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         self.step = 0
@@ -173,7 +172,7 @@ class CapsatTrainer:
         success = self.pool_loo[:, pool]
         task_success = self.task_success
         if c.pseudo_models and m >= 2:
-            mix_out, mix_lab = [], []
+            mix_out, mix_lab, mix_success, mix_task = [], [], [], []
             for _ in range(c.pseudo_models):
                 a, b = rng.choice(m, 2, replace=False)
                 pick_b = torch.from_numpy(rng.random(len(data.tasks)) < 0.5)
@@ -181,12 +180,14 @@ class CapsatTrainer:
                 row = torch.where(take, self.outcomes[b], self.outcomes[a])
                 mix_out.append(row[pool])
                 mix_lab.append(row[rows])
+                without, per_task = self.pool_without([a, b])
+                mix_success.append(without[pool])
+                mix_task.append(per_task)
             outcomes = torch.cat([outcomes, torch.stack(mix_out)])
             observed = torch.cat([observed, torch.ones(len(mix_out), len(pool), dtype=bool)])
             labels = torch.cat([labels, torch.stack(mix_lab, dim=1)], dim=1)
-            success = torch.cat([success, self.pool_mean[pool].expand(len(mix_out), -1)])
-            task_success = torch.cat([task_success,
-                                      self.pool_task_success.expand(len(mix_out), -1)])
+            success = torch.cat([success, torch.stack(mix_success)])
+            task_success = torch.cat([task_success, torch.stack(mix_task)])
         mask = observed.clone()
         aptitude_mode = rng.random(len(mask)) >= c.bank_share
         for j in np.flatnonzero(aptitude_mode):
@@ -198,6 +199,19 @@ class CapsatTrainer:
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
                             mask, task_success)
         return rows, pool, evidence, labels
+
+    def pool_without(self, models) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pool's success on every bank item (N,) and per task (T,) with
+        ``models`` left out: a pseudo-model is read against a pool without the models it is
+        made of, as a known model is against one without itself (its own outcomes would
+        otherwise pose as how hard the items are)."""
+        drop = (self.outcomes[models] * self.observed[models]).sum(dim=0)
+        count = self.pool_count - self.observed[models].float().sum(dim=0)
+        success = torch.where(count > 0, (self.pool_sum - drop) / count.clamp_min(1), 0.5)
+        items = self.scored_by_task.sum(dim=0)
+        per_task = torch.where(items > 0, success @ self.scored_by_task / items.clamp_min(1),
+                               0.5)
+        return success, per_task
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
         """(B,) the loss queries' task indices, -1 for those read without their label (a

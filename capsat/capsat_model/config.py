@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from data_builders.embeddings import DEFAULT_ENCODER
 
@@ -20,7 +21,9 @@ QUANTIZATIONS = ("none", "4bit")
 @dataclass
 class CapsatConfig(RouterConfig):
     """Architecture of a CapSAT router. Saved as ``config.json``; every field is required on
-    load."""
+    load, except those added since v3.2, which a router saved before them never used."""
+
+    behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")

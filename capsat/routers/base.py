@@ -34,18 +34,26 @@ STATE_FILE = "state.safetensors"
 class RouterConfig:
     """Base of every router config. Fields carry their help text in ``metadata['help']``."""
 
+    #: Fields added after routers of this kind were first saved, each with the value that
+    #: reproduces exactly how a router saved before it behaves (not today's default): a saved
+    #: config that lacks one gets that value; any other missing field is an error.
+    behaviour_before: ClassVar[dict] = {}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict, *, strict: bool = True) -> "RouterConfig":
         """Build from a dict. ``strict``: every field must be present (a saved config that lacks
-        one is an error, never silently filled with today's default)."""
+        one is an error, never silently filled with today's default), except the fields in
+        ``behaviour_before``, which take the value older routers behave by."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise DataError(f"{cls.__name__}: unknown field(s) {unknown}; known: "
                             f"{sorted(names)}", field=unknown[0])
+        values = {**{k: v for k, v in cls.behaviour_before.items() if k not in values},
+                  **values}
         missing = sorted(names - set(values))
         if strict and missing:
             raise DataError(f"{cls.__name__}: missing field(s) {missing}", field=missing[0])
