@@ -135,14 +135,21 @@ def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, 
     out a training model's own outcomes, and a pseudo-model's two parents: its own outcomes
     never pose as how hard the items are."""
     trainer = _trainer(small_data_path, tiny_base, tmp_path, pseudo_models=3)
+    bank, n_tasks = trainer.data.bank, len(trainer.data.tasks)
     m = len(trainer.data.train_models)
+
+    def pool_without(models):
+        success = bank.pool_success_without(models)
+        return (torch.from_numpy(success).float(),
+                torch.from_numpy(bank.task_means(success, n_tasks)).float())
+
     for j in range(m):
-        success, per_task = trainer.pool_without([j])
+        success, per_task = pool_without([j])
         torch.testing.assert_close(success, trainer.pool_loo[j])
         torch.testing.assert_close(per_task, trainer.task_success[j])
-    pairs = {(a, b): trainer.pool_without([a, b]) for a in range(m) for b in range(a + 1, m)}
+    pairs = {(a, b): pool_without([a, b]) for a in range(m) for b in range(a + 1, m)}
     _, pool, evidence, _ = trainer.sample(2)
-    everyone = trainer.pool_sum[pool] / trainer.pool_count[pool]
+    everyone = torch.from_numpy(bank.pool_sum[pool] / bank.pool_count[pool]).float()
     for row in range(m, m + 3):
         found = [key for key, (success, per_task) in pairs.items()
                  if torch.allclose(evidence.pool_success[row], success[pool])

@@ -22,12 +22,14 @@ cross-entropy.
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
 validation by ``select_on``, then its weight on the query's difficulty from
-``start_difficulty_grid`` on validation log-loss. Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each
-stage's end) scores the validation queries, a ``task_label_share`` of them with their task
-label, against every training model's whole bank (its aptitude items alone in model and
-family splits: ``validation_evidence``); the router kept is the best by ``select_on``
-(routed accuracy + query AUC by default). Steps draw their samples from a generator seeded by
-(seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written atomically.
+``start_difficulty_grid`` on validation log-loss. Validation (step 0, every ``eval_every`` /
+``llm_eval_every`` steps and at each stage's end) scores the validation queries, a
+``task_label_share`` of them with their task label, against every training model's whole
+bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
+router kept is the best by ``select_on`` (routed accuracy + query AUC by default). Steps draw
+their samples from a generator seeded by (seed, step, process), so a run resumed from a
+checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written
+atomically.
 """
 from __future__ import annotations
 
@@ -122,13 +124,8 @@ class CapsatTrainer:
         self.pool_loo = torch.from_numpy(bank.pool_success()).float()
         #: The baseline of the query's difficulty: the pool's success per task over the
         #: whole bank, each training model left out (as the router reads its bank).
-        self.task_success = torch.from_numpy(bank.task_success(len(data.tasks))).float()
-        self.pool_sum = torch.from_numpy(bank.pool_sum).float()
-        self.pool_count = torch.from_numpy(bank.pool_count).float()
-        scored = torch.from_numpy(bank.pool_count > 0).float()
-        self.scored_by_task = nn.functional.one_hot(
-            torch.from_numpy(bank.tasks.astype(np.int64)), len(data.tasks)).float()
-        self.scored_by_task *= scored[:, None]  # (N, T): which scored items are of each task
+        self.task_success = torch.from_numpy(
+            bank.task_means(bank.pool_success(), len(data.tasks))).float()
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         self.step = 0
@@ -180,9 +177,12 @@ class CapsatTrainer:
                 row = torch.where(take, self.outcomes[b], self.outcomes[a])
                 mix_out.append(row[pool])
                 mix_lab.append(row[rows])
-                without, per_task = self.pool_without([a, b])
-                mix_success.append(without[pool])
-                mix_task.append(per_task)
+                # Read against a pool without its two parents, as a known model is
+                # against one without itself.
+                without = data.bank.pool_success_without([a, b])
+                mix_success.append(torch.from_numpy(without[pool]).float())
+                mix_task.append(torch.from_numpy(data.bank.task_means(without,
+                                                                      len(data.tasks))).float())
             outcomes = torch.cat([outcomes, torch.stack(mix_out)])
             observed = torch.cat([observed, torch.ones(len(mix_out), len(pool), dtype=bool)])
             labels = torch.cat([labels, torch.stack(mix_lab, dim=1)], dim=1)
@@ -199,19 +199,6 @@ class CapsatTrainer:
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
                             mask, task_success)
         return rows, pool, evidence, labels
-
-    def pool_without(self, models) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training pool's success on every bank item (N,) and per task (T,) with
-        ``models`` left out: a pseudo-model is read against a pool without the models it is
-        made of, as a known model is against one without itself (its own outcomes would
-        otherwise pose as how hard the items are)."""
-        drop = (self.outcomes[models] * self.observed[models]).sum(dim=0)
-        count = self.pool_count - self.observed[models].float().sum(dim=0)
-        success = torch.where(count > 0, (self.pool_sum - drop) / count.clamp_min(1), 0.5)
-        items = self.scored_by_task.sum(dim=0)
-        per_task = torch.where(items > 0, success @ self.scored_by_task / items.clamp_min(1),
-                               0.5)
-        return success, per_task
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
         """(B,) the loss queries' task indices, -1 for those read without their label (a

@@ -49,25 +49,32 @@ class EvidenceBank:
     def n_candidates(self) -> int:
         return len(self.outcomes)
 
+    def pool_success_without(self, models: Sequence[int]) -> np.ndarray:
+        """(N,) the training pool's mean score on each item with the training models among
+        ``models`` (bank rows) left out (prior 0.5 where nothing is left)."""
+        rows = np.asarray(models)
+        seen = self.trained[rows, None] & ~np.isnan(self.outcomes[rows])
+        drop = np.where(seen, self.outcomes[rows], 0.0).sum(axis=0)
+        count = self.pool_count - seen.sum(axis=0)
+        return np.where(count > 0, (self.pool_sum - drop) / np.maximum(count, 1), 0.5)
+
     def pool_success(self, rows: np.ndarray | None = None) -> np.ndarray:
         """(M, N) the training pool's mean score on each item, the candidate's own outcome
-        left out where it is a training model (prior 0.5 where nothing is left)."""
+        left out where it is a training model (so a known model's evidence reads like a new
+        one's)."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
-        own = np.where(self.trained[rows, None] & ~np.isnan(self.outcomes[rows]),
-                       self.outcomes[rows], 0.0)
-        own_count = (self.trained[rows, None] & ~np.isnan(self.outcomes[rows])).astype(float)
-        count = self.pool_count[None] - own_count
-        return np.where(count > 0, (self.pool_sum[None] - own) / np.maximum(count, 1), 0.5)
+        if not len(rows):
+            return np.zeros((0, len(self.item_ids)))
+        return np.stack([self.pool_success_without([r]) for r in rows])
 
-    def task_success(self, n_tasks: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """(M, T) the pool's mean success per task over the bank's scored items, each
-        candidate left out as in ``pool_success`` (0.5 for an empty task)."""
+    def task_means(self, success: np.ndarray, n_tasks: int) -> np.ndarray:
+        """(..., T) the mean of ``success`` (..., N) per task over the items the training
+        pool scored (0.5 for an empty task): the baseline of a query's difficulty."""
         scored = np.flatnonzero(self.pool_count > 0)
         one_hot = np.zeros((len(scored), n_tasks))
         one_hot[np.arange(len(scored)), self.tasks[scored]] = 1.0
         count = one_hot.sum(axis=0)
-        total = self.pool_success(rows)[:, scored] @ one_hot
-        return np.where(count > 0, total / np.maximum(count, 1), 0.5)
+        return np.where(count > 0, success[..., scored] @ one_hot / np.maximum(count, 1), 0.5)
 
     def evidence(self, rows: np.ndarray | None = None, *, max_items: int = 0,
                  seed: int = 0, items: Sequence[str] | None = None,
@@ -76,7 +83,8 @@ class EvidenceBank:
         each capped at ``max_items`` of its items (a seeded sample; 0 = all); ``items``: only
         these bank items (a known model read as if onboarded from its results on them).
         With ``n_tasks`` (a router that reads the query's difficulty) the pool is every item
-        the training pool scored, whoever's evidence it is in, with ``task_success``."""
+        the training pool scored, whoever's evidence it is in, with each candidate's
+        ``task_success`` (``task_means`` of its pool success)."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
         has = ~np.isnan(self.outcomes[rows])
         if items is not None:
@@ -98,13 +106,14 @@ class EvidenceBank:
         used = np.flatnonzero(has.any(axis=0) if n_tasks is None
                               else has.any(axis=0) | (self.pool_count > 0))
         outcomes = np.nan_to_num(self.outcomes[rows][:, used], nan=0.0)
+        success = self.pool_success(rows)
         task_success = None
         if n_tasks is not None:
-            task_success = torch.from_numpy(self.task_success(n_tasks, rows).astype(np.float32))
+            task_success = torch.from_numpy(self.task_means(success, n_tasks).astype(np.float32))
         return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),
                         torch.from_numpy(self.tasks[used].astype(np.int64)),
                         torch.from_numpy(outcomes.astype(np.float32)),
-                        torch.from_numpy(self.pool_success(rows)[:, used].astype(np.float32)),
+                        torch.from_numpy(success[:, used].astype(np.float32)),
                         torch.from_numpy(has[:, used]), task_success)
 
     def add(self, results: dict[str, float], trained: bool = False) -> None:
