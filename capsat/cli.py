@@ -278,7 +278,8 @@ def _route_config(args):
     return RouteConfig(
         router=args.router, input=args.input, output=getattr(args, "output", "") or "",
         candidates=_csv(args.candidates), policy=getattr(args, "policy_spec", "max-accuracy"),
-        field=args.field, id_field=args.id_field, chat=args.chat, max_chars=args.max_chars,
+        field=args.field, id_field=args.id_field, task_field=args.task_field, chat=args.chat,
+        max_chars=args.max_chars,
         input_format=args.input_format, output_format=getattr(args, "output_format", None),
         chunk_size=args.chunk_size, resume=getattr(args, "resume", False), strict=args.strict,
         prices=args.prices, output_tokens=args.output_tokens, fit_data=args.fit_data,
@@ -394,6 +395,9 @@ def _add_log_options(parser) -> None:
                              "user turn is routed; system prompts and earlier turns are "
                              "ignored and counted)")
     parser.add_argument("--id-field", help="row id field (default: the line number)")
+    parser.add_argument("--task-field", help="task label field: a task the router knows "
+                                             "sharpens its routing; rows without one are "
+                                             "routed from their text (counted in the summary)")
     parser.add_argument("--chat", action="store_true",
                         help="CSV: the field holds JSON-encoded chat messages")
     parser.add_argument("--max-chars", type=int, default=MAX_CHARS_DEFAULT,

@@ -22,9 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from aptitude_fixtures import tiny_router_dir  # noqa: F401  (a fixture)
 
 from capsat.cli import main as cli_main
-from capsat.routers import make_router
+from capsat.capsat_model.router import CapsatRouter
+from capsat.routers import Queries, make_router
 from capsat.routing import (
     Policy,
     RouteConfig,
@@ -200,6 +202,40 @@ def test_chat_messages_route_the_last_user_turn(mmlu_small, knn_dir, tmp_path):
                                "rows_with_earlier_turns_ignored": 1}
     text, problem, had_system, earlier = last_user_turn("not a list")
     assert text is None and problem == "bad_messages"
+
+
+# ------------------------------------------------------------------ task labels
+def test_a_task_field_routes_each_row_with_its_label(mmlu_small, knn_dir, tiny_router_dir,
+                                                     tmp_path):
+    texts, tasks = mmlu_small.texts[:4], list(mmlu_small.tasks[:4])
+    # the same texts, labelled, unlabelled (missing, null, blank) and with an unknown label
+    rows = ([{"instruction": t, "task": k} for t, k in zip(texts, tasks)]
+            + [{"instruction": texts[0]}, {"instruction": texts[1], "task": None},
+               {"instruction": texts[2], "task": "  "},
+               {"instruction": texts[3], "task": "astrology"},
+               {"instruction": texts[0], "task": 7}])
+    log = write_jsonl(tmp_path / "tasks.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    summary = route(tiny_router_dir, log, out, task_field="task")
+    router = CapsatRouter.from_pretrained(tiny_router_dir)
+    models = list(router.models)
+    sent = texts + texts[:3] + [texts[3]]
+    labels = tasks + [None, None, None, "astrology"]
+    expected = router.predict_proba(Queries(sent, tasks=labels), models)
+    got = np.array([[r["p"][m] for m in models] for r in read_jsonl(out)])
+    assert np.allclose(got, expected, atol=2e-6)
+    # a label moves the router: a labelled text is not scored as its unlabelled copy
+    assert not np.allclose(got[:3], got[4:7], atol=1e-4)
+    assert np.allclose(got[4:8], router.predict_proba(Queries(texts), models), atol=2e-6)
+    assert [(e["line"], e["reason"], e["field"]) for e in
+            read_jsonl(str(out) + ".errors.jsonl")] == [(9, "bad_task", "task")]
+    assert summary["task_labels"] == {"field": "task", "rows_with_task": 5,
+                                      "rows_with_unknown_task": 1}
+    assert "task_labels" not in route(tiny_router_dir, log, tmp_path / "plain.jsonl")
+    # a router that ignores task labels refuses the field instead of dropping it silently
+    with pytest.raises(DataError) as err:
+        route(knn_dir, log, tmp_path / "knn.jsonl", task_field="task")
+    assert err.value.field == "task_field" and "does not read task labels" in str(err.value)
 
 
 # ------------------------------------------------------------------ formats

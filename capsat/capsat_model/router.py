@@ -194,6 +194,9 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
                 out[rows] = torch.sigmoid(result.logits).double().cpu().numpy()
         return out
 
+    def task_labels(self) -> list[str] | None:
+        return list(self.tasks) if self.config.read_task_labels else None
+
     def task_indices(self, tasks: Sequence[str | None] | None, n: int) -> torch.Tensor:
         """(n,) each query's task as an index into the router's tasks; -1 where it has no
         label or one the router does not know (the task head decides there)."""

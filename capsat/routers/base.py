@@ -199,6 +199,11 @@ class Router(ABC):
     #: (``onboard``); they are fitted with the experiment's aptitude test.
     can_onboard: ClassVar[bool] = False
 
+    def task_labels(self) -> list[str] | None:
+        """The task labels this router reads from ``Queries.tasks`` (a query with another
+        label, or none, is routed from its text alone); None if it ignores them."""
+        return None
+
     def __init__(self, config: RouterConfig | None = None, **overrides):
         if config is None:
             config = self.config_class(**overrides)

@@ -47,7 +47,7 @@ EXCERPT_CHARS = 200
 REASONS = ("blank_line", "invalid_json", "truncated_json", "not_an_object", "bad_csv_row",
            "missing_field",
            "non_text_instruction", "empty_instruction", "too_long", "bad_messages",
-           "no_user_turn", "bad_id", "bad_label")
+           "no_user_turn", "bad_id", "bad_label", "bad_task")
 
 
 # ----------------------------------------------------------------- formats and files
@@ -126,6 +126,7 @@ class Row:
     costs: dict[str, float] = field(default_factory=dict)
     had_system: bool = False
     had_earlier_turns: bool = False
+    task: str | None = None  # the row's task label (None: routed from its text alone)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class RowSpec:
     max_chars: int = MAX_QUERY_CHARS
     chat: bool = False  # CSV: the field is a JSON-encoded messages list
     label_models: tuple[str, ...] = ()
+    task_field: str | None = None  # a row without a value there has no task label
 
 
 def iter_raw(path: str | os.PathLike, fmt: str, columns: Sequence[str] | None = None
@@ -296,7 +298,14 @@ def parse_row(raw, line: int, spec: RowSpec) -> Row | BadRow:
         return BadRow(line, "too_long", spec.field, f"{len(value)} characters > max_chars "
                                                     f"{spec.max_chars}", value[:EXCERPT_CHARS],
                       row_id)
-    row = Row(line, value, row_id, had_system=had_system, had_earlier_turns=earlier)
+    task = None
+    if spec.task_field is not None and not _missing(record.get(spec.task_field)):
+        task = record[spec.task_field]
+        if not isinstance(task, str):
+            return BadRow(line, "bad_task", spec.task_field, f"task label must be text, got "
+                                                            f"{task!r}", _excerpt(record), row_id)
+        task = task.strip() or None
+    row = Row(line, value, row_id, had_system=had_system, had_earlier_turns=earlier, task=task)
     for model in spec.label_models:
         for prefix, target in ((SCORE_PREFIX, row.scores), (COST_PREFIX, row.costs)):
             name = prefix + model

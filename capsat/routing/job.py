@@ -66,7 +66,7 @@ from .summary import JobSummary, Totals
 MANIFEST = "job.json"
 ROUTER_DIR = "router"
 PRICES_FILE = "prices.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunks count task labels
 
 
 @dataclass
@@ -84,6 +84,10 @@ class RouteConfig:
     field: str = help_field("instruction", "field holding the instruction (text, or chat "
                                            "messages: the last user turn is routed)")
     id_field: str | None = help_field(None, "field holding a row id (default: the line number)")
+    task_field: str | None = help_field(None, "field holding the row's task label: a task the "
+                                              "router knows sharpens its routing; a row "
+                                              "without one, or with another, is routed from "
+                                              "its text (the summary counts both)")
     chat: bool = help_field(False, "CSV only: the field holds JSON-encoded chat messages")
     max_chars: int = help_field(MAX_QUERY_CHARS, "longer instructions are rejected (too_long)")
     input_format: str | None = help_field(None, "jsonl | csv | parquet (default: from the "
@@ -179,6 +183,7 @@ def _fingerprint(config: RouteConfig, fmt: str) -> dict:
     return {"format_version": FORMAT_VERSION, "input": str(Path(config.input).resolve()),
             "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
             "input_format": fmt, "field": config.field, "id_field": config.id_field,
+            "task_field": config.task_field,
             "chat": config.chat, "max_chars": config.max_chars, "chunk_size": config.chunk_size,
             "router": config.router, "candidates": config.candidates,
             "fit_data": config.fit_data, "fit_part": config.fit_part, "seed": config.seed}
@@ -341,18 +346,23 @@ def _seen(rows: list[Row], router: Router) -> np.ndarray:
 
 
 def _score_chunk(rows: list[Row], router: Router, models: Sequence[str]) -> np.ndarray:
-    """P per (row, candidate); each distinct text is scored once (logs repeat instructions,
-    and every router scores a text independently of its batch)."""
+    """P per (row, candidate); each distinct (text, task) is scored once (logs repeat
+    instructions, and every router scores a query independently of its batch)."""
     if not rows:
         return np.zeros((0, len(models)))
-    index: dict[str, int] = {}
-    inverse = np.array([index.setdefault(r.text, len(index)) for r in rows])
-    probs = router.predict_proba(Queries(list(index)), list(models))
+    index: dict[tuple[str, str | None], int] = {}
+    inverse = np.array([index.setdefault((r.text, r.task), len(index)) for r in rows])
+    keys = list(index)
+    tasks = [task for _, task in keys]
+    queries = Queries([text for text, _ in keys],
+                      tasks=tasks if any(t is not None for t in tasks) else None)
+    probs = router.predict_proba(queries, list(models))
     return np.asarray(probs, dtype=np.float64)[inverse]
 
 
 def _write_chunk(work: Path, index: int, rows: list[Row], bad: list[BadRow], probs: np.ndarray,
-                 seen: np.ndarray, models: Sequence[str], has_ids: bool, rows_in: int) -> None:
+                 seen: np.ndarray, models: Sequence[str], has_ids: bool, rows_in: int,
+                 known_tasks: frozenset[str]) -> None:
     name = chunk_name(index)
     write_text(work / f"{name}.errors.jsonl",
                       "".join(json.dumps(b.to_json(), ensure_ascii=False) + "\n" for b in bad))
@@ -363,6 +373,9 @@ def _write_chunk(work: Path, index: int, rows: list[Row], bad: list[BadRow], pro
     columns["had_system"] = pa.array([r.had_system for r in rows], pa.bool_())
     columns["had_earlier_turns"] = pa.array([r.had_earlier_turns for r in rows], pa.bool_())
     columns["seen"] = pa.array(seen, pa.bool_())
+    columns["has_task"] = pa.array([r.task is not None for r in rows], pa.bool_())
+    columns["unknown_task"] = pa.array([r.task is not None and r.task not in known_tasks
+                                        for r in rows], pa.bool_())
     for j, m in enumerate(models):
         columns[PROB_PREFIX + m] = pa.array(probs[:, j], pa.float64())
     for m in models:
@@ -378,8 +391,10 @@ def _write_chunk(work: Path, index: int, rows: list[Row], bad: list[BadRow], pro
 def score_parts(config: RouteConfig, router: Router, models: Sequence[str], work: Path,
                 procs: Processes, fmt: str) -> int:
     """Score this process's unfinished chunks; returns the number of records in the file."""
-    spec = RowSpec(config.field, config.id_field, config.max_chars, config.chat, tuple(models))
-    columns = [config.field] + ([config.id_field] if config.id_field else []) + [
+    spec = RowSpec(config.field, config.id_field, config.max_chars, config.chat, tuple(models),
+                   config.task_field)
+    known_tasks = frozenset(router.task_labels() or ())
+    columns = [config.field] + [f for f in (config.id_field, config.task_field) if f] + [
         prefix + m for m in models for prefix in (SCORE_PREFIX, COST_PREFIX)]
     total = count_records(config.input, fmt) if config.progress else None
     bar = tqdm(total=total, unit="row", desc=f"route [{procs.rank}/{procs.world}]",
@@ -400,7 +415,7 @@ def score_parts(config: RouteConfig, router: Router, models: Sequence[str], work
                     rows.append(parsed)
             probs = _score_chunk(rows, router, models)
             _write_chunk(work, index, rows, bad, probs, _seen(rows, router), models,
-                         config.id_field is not None, len(raw_rows))
+                         config.id_field is not None, len(raw_rows), known_tasks)
         bar.update(len(raw_rows))
     bar.close()
     return records
@@ -425,7 +440,7 @@ def read_part(path: Path, models: Sequence[str], has_ids: bool,
     wanted = ["chars"] + [PROB_PREFIX + m for m in models]
     if not probs_only:
         wanted = (["line"] + (["id"] if has_ids else []) + wanted
-                  + ["had_system", "had_earlier_turns", "seen"]
+                  + ["had_system", "had_earlier_turns", "seen", "has_task", "unknown_task"]
                   + [SCORE_PREFIX + m for m in models] + [COST_PREFIX + m for m in models])
     table = pq.read_table(path, columns=wanted)
     meta = json.loads(table.schema.metadata[b"capsat_chunk"])
@@ -441,7 +456,9 @@ def read_part(path: Path, models: Sequence[str], has_ids: bool,
     return Part(table["line"].to_numpy(), table["id"].to_pylist() if has_ids else None, chars,
                 probs, matrix(SCORE_PREFIX), matrix(COST_PREFIX),
                 {"had_system": int(table["had_system"].to_numpy().sum()),
-                 "had_earlier_turns": int(table["had_earlier_turns"].to_numpy().sum())},
+                 "had_earlier_turns": int(table["had_earlier_turns"].to_numpy().sum()),
+                 "has_task": int(table["has_task"].to_numpy().sum()),
+                 "unknown_task": int(table["unknown_task"].to_numpy().sum())},
                 int(meta["rows_in"]), table["seen"].to_numpy(zero_copy_only=False))
 
 
@@ -544,7 +561,8 @@ def merge(config: RouteConfig, models: Sequence[str], work: Path, n_chunks: int,
     summary = JobSummary(config.input, config.output, str(errors_path_of(config.output)),
                          str(policy), rows_in, totals, reasons, best, why,
                          None if prices is None else prices.to_json(), budget, info,
-                         realised_status=realised_status(info, totals, config))
+                         realised_status=realised_status(info, totals, config),
+                         task_field=config.task_field)
     summary.timing["merge_seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
@@ -595,6 +613,9 @@ def run_route(config: RouteConfig) -> JobSummary | None:
         router, info = _resolve(config, work, procs)
         router.progress = config.progress  # the router's own bars (embedding, scoring) too
         models = _candidates(config, router)
+        if config.task_field is not None and router.task_labels() is None:
+            raise DataError(f"router {router.name} does not read task labels: drop "
+                            f"--task-field", field="task_field")
         # Prices and policy are checked before the long part, not after it.
         prices = resolve_prices(config, router, models, work) if procs.is_main else None
         if procs.is_main and Policy.parse(config.policy).needs_costs and prices is None:

@@ -32,6 +32,8 @@ class Totals:
     sum_real_cost_model: np.ndarray = None
     with_system: int = 0
     with_earlier_turns: int = 0
+    with_task: int = 0
+    with_unknown_task: int = 0  # a label the router does not know: routed from the text
     seen: int = 0  # labelled rows the router was fitted on
 
     def __post_init__(self):
@@ -68,6 +70,8 @@ class Totals:
         self.sum_real_cost_model += np.nansum(real_costs, axis=0)
         self.with_system += flags.get("had_system", 0)
         self.with_earlier_turns += flags.get("had_earlier_turns", 0)
+        self.with_task += flags.get("has_task", 0)
+        self.with_unknown_task += flags.get("unknown_task", 0)
 
     # ---------------------------------------------------------------- views
     def expected_accuracy(self) -> float | None:
@@ -121,6 +125,7 @@ class JobSummary:
     #: Whether the realised figures are out of sample (see ``job.realised_status``).
     realised_status: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    task_field: str | None = None  # where the rows' task labels were read (None: not read)
 
     def to_json(self) -> dict:
         t = self.totals
@@ -138,6 +143,9 @@ class JobSummary:
                "expected_total_cost": t.sum_cost_chosen if t.has_costs else None,
                "chat": {"rows_with_system_prompt_ignored": t.with_system,
                         "rows_with_earlier_turns_ignored": t.with_earlier_turns}}
+        if self.task_field is not None:
+            out["task_labels"] = {"field": self.task_field, "rows_with_task": t.with_task,
+                                  "rows_with_unknown_task": t.with_unknown_task}
         singles = t.single_models()
         if self.best_single_model is not None:
             best = dict(singles[self.best_single_model])
@@ -180,6 +188,11 @@ class JobSummary:
         else:
             lines.append(self.best_single_chosen_by)
         lines.append(describe_fitting(self.router or {}))
+        if "task_labels" in d:
+            tl = d["task_labels"]
+            lines.append(f"task labels ({tl['field']!r}): {tl['rows_with_task']} of "
+                         f"{d['routed']} rows, {tl['rows_with_unknown_task']} of them a task "
+                         f"the router does not know (routed from the text)")
         if "realised" in d and "accuracy" not in d["realised"]:
             lines.append(f"realised on {d['realised']['labelled_rows']} labelled rows: "
                          f"{d['realised']['warning']}")

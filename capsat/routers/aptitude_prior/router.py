@@ -57,6 +57,9 @@ class AptitudePriorRouter(Router):
         return ((self.task_accuracy * self.counts + weight * overall[:, None])
                 / (self.counts + weight))
 
+    def task_labels(self) -> list[str] | None:
+        return list(self.tasks)
+
     def _predict(self, queries: Queries) -> np.ndarray:
         rows = query_tasks(queries, self.tasks, self.centroids)
         return self._table(self.prior_weight)[:, rows].T
