@@ -384,6 +384,37 @@ def test_encoder_only_router_needs_no_llm(data, tmp_path):
             data.validation.texts[:3]), probs, atol=1e-6)
 
 
+def test_a_router_whose_gate_is_zero_is_saved_without_its_llm(router, data, tmp_path,
+                                                              monkeypatch):
+    """Gate 0 (an LLM stage never trained or not kept): the LLM adds nothing, so the router
+    can be saved without it and scores the same without loading it."""
+    texts = data.validation.texts[:3]
+    with pytest.raises(ValueError, match="gate is 0.5"):  # the fixture's gate: it matters
+        router.save_pretrained(tmp_path / "refused", without_llm=True)
+    assert not (tmp_path / "refused").exists()
+    with torch.no_grad():
+        router.network.gate.fill_(0.0)
+    try:
+        assert router.llm_adds_nothing
+        expected = router.predict_proba(texts)  # through the LLM
+        router.save_pretrained(tmp_path / "r", without_llm=True)
+    finally:
+        with torch.no_grad():
+            router.network.gate.fill_(0.5)
+    assert router.config.use_llm and router.network.llm is not None  # itself unchanged
+    assert not (tmp_path / "r" / "adapter").exists()
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["use_llm"] is False
+    assert "not saved" in (tmp_path / "r" / "README.md").read_text()
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("an encoder-only router loaded its LLM")
+
+    monkeypatch.setattr("capsat.capsat_model.base_llm.load_base_llm", no_llm)
+    loaded = Router.load(tmp_path / "r")
+    assert loaded.network.llm is None and not loaded.llm_adds_nothing
+    np.testing.assert_allclose(loaded.predict_proba(texts), expected, atol=1e-6)
+
+
 def _encoder_only(data, **overrides) -> CapsatRouter:
     config = dataclasses.replace(SMALL, use_llm=False, base_model="no/such/model", **overrides)
     return CapsatRouter.create(config, data.bank, data.train_models, data.tasks,

@@ -176,6 +176,10 @@ def test_stages_train_their_own_parts(small_data_path, tiny_base, tmp_path):
     best = trainer.best_state if trainer.best["step"] <= 2 else after_encoder
     assert all(torch.equal(best[k], final[k]) for k in encoder)
     assert [h["stage"] for h in trainer.history] == ["initial", "encoder", "encoder", "llm"]
+    # A router kept from the encoder stage (gate 0) is saved without the LLM it never used.
+    saved = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert trainer.best["saved_without_llm"] is (trainer.best["stage"] != "llm")
+    assert saved["use_llm"] is (trainer.best["stage"] == "llm")
 
 
 def test_resume_equals_uninterrupted_run(small_data_path, tiny_base, tmp_path):
@@ -363,7 +367,10 @@ def test_accelerate_two_processes_and_sigkill_resume(small_data_path, tiny_base,
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["step"] == 4
-    assert (tmp_path / "ddp" / "best" / "adapter" / "adapter_model.safetensors").exists()
+    # The adapter is saved only with a router kept from the LLM stage (else its gate was 0).
+    adapter = tmp_path / "ddp" / "best" / "adapter" / "adapter_model.safetensors"
+    assert adapter.exists() is (summary["best"]["stage"] == "llm")
+    assert summary["best"]["saved_without_llm"] is (summary["best"]["stage"] != "llm")
 
     steps = dict(encoder_steps=4, llm_steps=4)
     model, whole_cfg = recipe(small_data_path, tiny_base, tmp_path / "whole", **steps)

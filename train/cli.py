@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(config.output_dir, "train_summary.json")
         write_json(path, summary, indent=2)
         print(f"best validation {config.select_on} score {result['best']['score']:.4f} at step "
-              f"{result['best']['step']}; router in {config.output_dir}/best", flush=True)
+              f"{result['best']['step']}; router in {config.output_dir}/best"
+              + (" (saved without the LLM: its gate was 0, so it added nothing)"
+                 if result["best"].get("saved_without_llm") else ""), flush=True)
     accelerator.end_training()
     return 0
 

@@ -26,7 +26,8 @@ validation by ``select_on``, then its weight on the query's difficulty from
 ``llm_eval_every`` steps and at each stage's end) scores the validation queries, a
 ``task_label_share`` of them with their task label, against every training model's whole
 bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
-router kept is the best by ``select_on`` (routed accuracy + query AUC by default). Steps draw
+router kept is the best by ``select_on`` (routed accuracy + query AUC by default); one kept
+from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw
 their samples from a generator seeded by (seed, step, process), so a run resumed from a
 checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written
 atomically.
@@ -382,7 +383,12 @@ class CapsatTrainer:
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
             self.router.network = self.accelerator.unwrap_model(self.network)
-            self.router.save_pretrained(self.output_dir / BEST)  # atomic: a folder swap
+            # With the gate at 0 (the encoder stage) the LLM adds nothing: the router is saved
+            # without it, so it scores the same without loading or running the LLM.
+            without_llm = self.router.llm_adds_nothing
+            self.router.save_pretrained(self.output_dir / BEST,  # atomic: a folder swap
+                                        without_llm=without_llm)
+            self.best["saved_without_llm"] = without_llm
 
     # -------------------------------------------------------------- training
     def _set_stage(self, step: int) -> str:

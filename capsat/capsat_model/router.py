@@ -19,6 +19,7 @@ The base LLM is not copied: ``config.base_model`` names it (the embedded SmolLM2
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -100,6 +101,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         #: Only these bank items are evidence (None: all): training validates known models as
         #: if onboarded from their aptitude answers.
         self.evidence_items: list[str] | None = None
+        self._saving_without_llm = False  # set by save_pretrained(without_llm=True)
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -331,26 +333,53 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         return Path(directory)
 
     def save_pretrained(self, save_directory, *, push_to_hub: bool = False,
-                        repo_id: str | None = None, **kwargs):
+                        repo_id: str | None = None, without_llm: bool = False, **kwargs):
         """Write the router folder atomically: the mixin writes into a temporary sibling,
         which replaces ``save_directory`` only when complete, so the old router stays loadable
-        through a crash (the mixin itself deletes ``config.json`` before it writes)."""
+        through a crash (the mixin itself deletes ``config.json`` before it writes).
+
+        ``without_llm``: save the encoder alone (``use_llm: false``, no adapter). Only while
+        the gate is exactly 0, when the LLM adds nothing to any probability: the saved router
+        scores the same without loading or running the LLM."""
         if self.network is None:
             raise RuntimeError("cannot save a CapSAT router without a network")
+        if without_llm and self.network.llm is not None and not self.llm_adds_nothing:
+            raise ValueError(f"without_llm: the gate is {float(self.network.gate.detach()):.4g}, "
+                             f"so the LLM moves every probability; saving without it would "
+                             f"change the router")
         target = Path(save_directory)
-        with atomic_folder(target) as tmp:
-            super().save_pretrained(tmp, **kwargs)
+        self._saving_without_llm = without_llm
+        try:
+            with atomic_folder(target) as tmp:
+                super().save_pretrained(tmp, **kwargs)
+        finally:
+            self._saving_without_llm = False
         if push_to_hub:
             return self.push_to_hub(repo_id or target.name)
         return None
 
+    @property
+    def llm_adds_nothing(self) -> bool:
+        """Whether the router has an LLM whose gate is exactly 0 (an LLM stage never trained,
+        or not kept by validation): then every probability is the encoder's alone."""
+        return self.network is not None and self.network.llm is not None and \
+            float(self.network.gate.detach()) == 0.0
+
+    def _saved_config(self) -> CapsatConfig:
+        if self._saving_without_llm:
+            return dataclasses.replace(self.config, use_llm=False)
+        return self.config
+
     def _save_pretrained(self, save_directory: Path) -> None:
         """The folder's files (the mixin calls this with the temporary folder)."""
         tmp = Path(save_directory)
+        config = self._saved_config()
         (tmp / "config.json").write_text(json.dumps(
-            {"router": self.name, **self.config.to_dict()}, indent=2))
+            {"router": self.name, **config.to_dict()}, indent=2))
         state = self.network.trainable_state()
-        if self.network.llm is not None:
+        if not config.use_llm:  # the encoder's parts alone
+            state = {k: v for k, v in state.items() if k.split(".", 1)[0] == "encoder"}
+        if config.use_llm:
             self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
             # peft records where the base was loaded from (a local cache path): name it.
             adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
@@ -447,8 +476,11 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
     def model_card(self) -> str:
         reading = (f"a LoRA-tuned `{self.config.base_model}` (r={self.config.lora_r} on "
                    f"{', '.join(self.network.lora_targets)}) reads {self.config.n_soft_tokens} "
-                   f"soft tokens per candidate" if self.config.use_llm
+                   f"soft tokens per candidate" if self._saved_config().use_llm
                    else "the capability encoder's direct logit alone (no LLM)")
+        if self._saved_config().use_llm != self.config.use_llm:
+            reading += (f"; it was trained with `{self.config.base_model}`, whose gate stayed "
+                        f"0, so the LLM added nothing and is not saved")
         trained = [m for m in self.models if self.candidates[m].kind == "trained"]
         onboarded = [m for m in self.models if self.candidates[m].kind == "onboarded"]
         lines = ["---", "library_name: capsat", "tags: [llm-router, capsat]", "---", "",
