@@ -1,6 +1,6 @@
 """How fast a CapSAT router scores real instructions on this machine: rows per second with
-every candidate, through the LLM and by the capability encoder alone, and what the packed
-pass costs relative to one plain forward over the same instructions.
+every candidate, by the capability encoder alone and (for a router with an LLM) through the
+LLM, and what the packed pass costs relative to one plain forward over the same instructions.
 
     python bench/capsat_throughput.py                  # the shipped default router
     python bench/capsat_throughput.py --router runs/capsat_cpu/best --rows 96
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
                 network.llm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
 
-    seconds = {"llm": median_seconds(through_llm, args.repeats),
-               "encoder_only": median_seconds(encoder_only, args.repeats)}
-    if router.config.use_llm:
+    seconds = {"encoder_only": median_seconds(encoder_only, args.repeats)}
+    if router.config.use_llm:  # a router saved without its LLM (gate 0) has only the encoder
+        seconds["llm"] = median_seconds(through_llm, args.repeats)
         seconds["plain_forward"] = median_seconds(plain_forward, args.repeats)
     router.read_through_llm = True
     lengths = [len(network.instruction_ids(t)) for t in texts] if router.config.use_llm else []
@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(RESULTS / "capsat_throughput.json", result, indent=2)
     rate = result["rows_per_second"]
     body = (f"`{result['command'].strip()}` on {result['machine']}: {result['candidates']} "
-            f"candidates, {result['rows']} real MMLU-Pro instructions (median "
-            f"{result['instruction_tokens_median']} prompt tokens).\n\n"
+            f"candidates, {result['rows']} real MMLU-Pro instructions"
+            + (f" (median {result['instruction_tokens_median']} prompt tokens)"
+               if lengths else "; the router has no LLM, so only its encoder scores")
+            + ".\n\n"
             "| scoring | rows/s |\n|---|---|\n"
             + "".join(f"| {k} | {v:.2f} |\n" for k, v in rate.items())
             + (f"\nThe packed pass over every candidate costs "
