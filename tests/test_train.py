@@ -265,10 +265,11 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     training, recorded at step 0, saved with the router and restored on resume."""
     grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
                  start_knn_weight_grid=[1.0, 4.0], start_difficulty_grid=[2.0, 0.0, 1.0],
-                 max_validation_queries=40)
+                 max_validation_queries=40, repick_difficulty_after_encoder=False)
     trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
     result = trainer.train()
     start = result["start"]
+    assert "difficulty_after_encoder" not in start
     tried = start["tried"]
     assert [(t["start_knn"], t["start_knn_weight"]) for t in tried] == [
         (0, 4.0), (3, 1.0), (3, 4.0), (8, 1.0), (8, 4.0)]
@@ -292,6 +293,40 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     encoder = again.accelerator.unwrap_model(again.network).encoder
     assert again.router.config.start_knn == best["start_knn"] == encoder.start_knn
     assert again.router.config.difficulty_weight == beta == encoder.difficulty_weight
+
+
+def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_path,
+                                                                     tiny_base, tmp_path):
+    """At the encoder stage's end the weight is picked again from the grid, on the validation
+    log-loss of the router kept so far; the choice is applied, logged, saved with the router
+    and restored on resume."""
+    grids = dict(use_llm=False, encoder_steps=6, llm_steps=0, eval_every=2, start_knn_grid=[0],
+                 start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
+    result = trainer.train()
+    start = result["start"]
+    choice = start["difficulty_after_encoder"]
+    before = min(start["difficulty_tried"], key=lambda t: t["val_log_loss"])
+    assert choice["trained_with"] == before["difficulty_weight"]
+    assert [t["difficulty_weight"] for t in choice["tried"]] == [0.0, 1.0, 2.0]
+    beta = min(choice["tried"], key=lambda t: t["val_log_loss"])["difficulty_weight"]
+    assert choice["difficulty_weight"] == beta == start["difficulty_weight"]
+    # The log-loss is the kept router's (its best state), not the last step's.
+    network = trainer.accelerator.unwrap_model(trainer.network)
+    network.load_trainable_state(trainer.best_state)
+    for tried in choice["tried"]:
+        trainer._apply_difficulty_weight(tried["difficulty_weight"])
+        assert trainer.validate("encoder")["val_log_loss"] == pytest.approx(
+            tried["val_log_loss"], rel=1e-9)
+    assert len({round(t["val_log_loss"], 9) for t in choice["tried"]}) == 3
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("difficulty_after_encoder")] == [6]
+    saved = Router.load(tmp_path / "best")
+    assert saved.config.difficulty_weight == beta
+    again = _trainer(small_data_path, tiny_base, tmp_path, resume=True, **grids)
+    again.load_checkpoint(again.latest_checkpoint())
+    assert again.accelerator.unwrap_model(again.network).encoder.difficulty_weight == beta
+    assert again.start["difficulty_after_encoder"] == choice
 
 
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):

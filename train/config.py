@@ -79,6 +79,13 @@ class TrainConfig:
                                                     "validation after the start (lowest "
                                                     "log-loss kept; empty: the model "
                                                     "config's)")
+    repick_difficulty_after_encoder: bool = help_field(True, "at the encoder stage's end, pick "
+                                                       "the difficulty weight again from "
+                                                       "start_difficulty_grid on the kept "
+                                                       "router's validation log-loss (the "
+                                                       "pick before training cannot see how "
+                                                       "the trained encoder reads the same "
+                                                       "signal)")
     validation_evidence: str = help_field("split", "what the training models read at "
                                           "validation: 'bank' (their whole train outcomes, "
                                           "as known models), 'aptitude' (only their aptitude "

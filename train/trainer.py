@@ -22,10 +22,11 @@ cross-entropy.
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
 validation by ``select_on``, then its weight on the query's difficulty from
-``start_difficulty_grid`` on validation log-loss. Validation (step 0, every ``eval_every`` /
-``llm_eval_every`` steps and at each stage's end) scores the validation queries, a
-``task_label_share`` of them with their task label, against every training model's whole
-bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
+``start_difficulty_grid`` on validation log-loss (picked again at the encoder stage's end on
+the kept router's: ``repick_difficulty_after_encoder``). Validation (step 0, every
+``eval_every`` / ``llm_eval_every`` steps and at each stage's end) scores the validation
+queries, a ``task_label_share`` of them with their task label, against every training model's
+whole bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
 router kept is the best by ``select_on`` (routed accuracy + query AUC by default); one kept
 from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw
 their samples from a generator seeded by (seed, step, process), so a run resumed from a
@@ -307,6 +308,49 @@ class CapsatTrainer:
         self._apply_difficulty_weight(best["difficulty_weight"])
         return {"difficulty_weight": best["difficulty_weight"], "difficulty_tried": tried}
 
+    def repick_difficulty_weight(self) -> dict | None:
+        """At the encoder stage's end: the difficulty weight again, from
+        ``start_difficulty_grid``, on the validation log-loss of the router kept so far (the
+        pick before training cannot see how the trained encoder reads the same signal). The
+        main process validates; every process applies its choice. If the weight changes, the
+        kept router is scored and saved again with it."""
+        model = self.router.config
+        grid = sorted({float(b) for b in self.config.start_difficulty_grid})
+        if (not self.config.repick_difficulty_after_encoder or not model.difficulty_k
+                or len(grid) < 2):
+            return None
+        from accelerate.utils import broadcast_object_list
+
+        unwrapped = self.accelerator.unwrap_model(self.network)
+        choice = [None]
+        if self.accelerator.is_main_process:
+            before = model.difficulty_weight
+            current = unwrapped.trainable_state()
+            unwrapped.load_trainable_state(self.best_state)  # the router kept so far
+            tried = []
+            for beta in grid:
+                self._apply_difficulty_weight(beta)
+                record = self._timed("validation_encoder", self.validate, "encoder")
+                tried.append({"difficulty_weight": beta, "val_log_loss": record["val_log_loss"],
+                              "record": record})
+            best = min(tried, key=lambda t: t["val_log_loss"])  # the first (smallest) of equals
+            beta = best["difficulty_weight"]
+            self._apply_difficulty_weight(beta)
+            if beta != before:
+                kept = {"step": self.best["step"], "stage": self.best["stage"], **best["record"]}
+                self.best["score"] = self.selection_score(kept)
+                self.router.model_card_table = validation_card(kept)
+                self._timed("save_best", self.save_best)
+            unwrapped.load_trainable_state(current)
+            choice = [{"difficulty_weight": beta, "trained_with": before,
+                       "tried": [{k: t[k] for k in ("difficulty_weight", "val_log_loss")}
+                                 for t in tried]}]
+        choice = broadcast_object_list(choice)[0]
+        self._apply_difficulty_weight(choice["difficulty_weight"])
+        self.start["difficulty_weight"] = choice["difficulty_weight"]
+        self.start["difficulty_after_encoder"] = choice
+        return choice
+
     def _apply_start(self, k: int, weight: float) -> None:
         encoder = self.accelerator.unwrap_model(self.network).encoder
         encoder.start_knn, encoder.start_knn_weight = int(k), float(weight)
@@ -430,15 +474,22 @@ class CapsatTrainer:
 
     def _validate_and_keep_best(self, record: dict, stage: str) -> None:
         """Validate (main process) and save the router if it is the best so far."""
+        from accelerate.utils import broadcast_object_list
+
         self.network.eval()
+        improved = [False]
         if self.accelerator.is_main_process:
             record.update(self._timed(f"validation_{stage}", self.validate, stage))
             score = self.selection_score(record)
             record["selection_score"] = score
             if score > self.best["score"]:
                 self.best = {"score": score, "step": self.step, "stage": stage}
-                self.best_state = self.accelerator.unwrap_model(self.network).trainable_state()
                 self.router.model_card_table = validation_card(record)
+                improved = [True]
+        # Every process keeps the same best state: the llm stage starts from it everywhere.
+        if broadcast_object_list(improved)[0]:
+            self.best_state = self.accelerator.unwrap_model(self.network).trainable_state()
+            if self.accelerator.is_main_process:
                 self._timed("save_best", self.save_best)
         self.accelerator.wait_for_everyone()
 
@@ -515,6 +566,8 @@ class CapsatTrainer:
             every = self.config.eval_every if stage == "encoder" else self.config.llm_eval_every
             if self.step % every == 0 or stage_end or last:
                 self._validate_and_keep_best(record, stage)
+            if stage == "encoder" and (self.step == self.config.encoder_steps or last):
+                record["difficulty_after_encoder"] = self.repick_difficulty_weight()
             self._log(record, log_path)
             if main:
                 bar.set_postfix(loss=f"{record['loss']:.3f}",
