@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -123,11 +123,11 @@ class CapsatTrainer:
         bank = data.bank
         self.outcomes = torch.from_numpy(np.nan_to_num(bank.outcomes, nan=0.0)).float()
         self.observed = torch.from_numpy(~np.isnan(bank.outcomes))
-        self.pool_loo = torch.from_numpy(bank.pool_success()).float()
+        pool_loo = bank.pool_success()
+        self.pool_loo = torch.from_numpy(pool_loo).float()
         #: The baseline of the query's difficulty: the pool's success per task over the
         #: whole bank, each training model left out (as the router reads its bank).
-        self.task_success = torch.from_numpy(
-            bank.task_means(bank.pool_success(), len(data.tasks))).float()
+        self.task_success = torch.from_numpy(bank.task_means(pool_loo, len(data.tasks))).float()
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         self.step = 0
@@ -295,18 +295,27 @@ class CapsatTrainer:
         ``start_difficulty_grid`` (it shifts every candidate of a query alike, so routing
         metrics cannot choose it); the model config's without a grid or a difficulty."""
         model = self.router.config
-        grid = sorted({float(b) for b in self.config.start_difficulty_grid})
-        if not model.difficulty_k or not grid:
+        if not model.difficulty_k or not self._difficulty_grid():
             self._apply_difficulty_weight(model.difficulty_weight)
             return {"difficulty_weight": model.difficulty_weight}
-        tried = []
-        for beta in grid:
+        tried, _ = self._try_difficulty_weights()
+        return {"difficulty_weight": model.difficulty_weight, "difficulty_tried": tried}
+
+    def _difficulty_grid(self) -> list[float]:
+        return sorted({float(b) for b in self.config.start_difficulty_grid})
+
+    def _try_difficulty_weights(self) -> tuple[list[dict], dict]:
+        """Validate the current network with every weight of the grid and apply the one of
+        lowest log-loss (the first, smallest, of equals). Returns (each weight's log-loss,
+        the chosen weight's validation record)."""
+        tried, records = [], []
+        for beta in self._difficulty_grid():
             self._apply_difficulty_weight(beta)
-            record = self._timed("validation_encoder", self.validate, "encoder")
-            tried.append({"difficulty_weight": beta, "val_log_loss": record["val_log_loss"]})
-        best = min(tried, key=lambda t: t["val_log_loss"])  # the first (smallest) of equals
-        self._apply_difficulty_weight(best["difficulty_weight"])
-        return {"difficulty_weight": best["difficulty_weight"], "difficulty_tried": tried}
+            records.append(self._timed("validation_encoder", self.validate, "encoder"))
+            tried.append({"difficulty_weight": beta, "val_log_loss": records[-1]["val_log_loss"]})
+        best = min(range(len(tried)), key=lambda i: tried[i]["val_log_loss"])
+        self._apply_difficulty_weight(tried[best]["difficulty_weight"])
+        return tried, records[best]
 
     def repick_difficulty_weight(self) -> dict | None:
         """At the encoder stage's end: the difficulty weight again, from
@@ -315,36 +324,24 @@ class CapsatTrainer:
         main process validates; every process applies its choice. If the weight changes, the
         kept router is scored and saved again with it."""
         model = self.router.config
-        grid = sorted({float(b) for b in self.config.start_difficulty_grid})
         if (not self.config.repick_difficulty_after_encoder or not model.difficulty_k
-                or len(grid) < 2):
+                or len(self._difficulty_grid()) < 2):
             return None
-        from accelerate.utils import broadcast_object_list
-
         unwrapped = self.accelerator.unwrap_model(self.network)
         choice = [None]
         if self.accelerator.is_main_process:
             before = model.difficulty_weight
             current = unwrapped.trainable_state()
             unwrapped.load_trainable_state(self.best_state)  # the router kept so far
-            tried = []
-            for beta in grid:
-                self._apply_difficulty_weight(beta)
-                record = self._timed("validation_encoder", self.validate, "encoder")
-                tried.append({"difficulty_weight": beta, "val_log_loss": record["val_log_loss"],
-                              "record": record})
-            best = min(tried, key=lambda t: t["val_log_loss"])  # the first (smallest) of equals
-            beta = best["difficulty_weight"]
-            self._apply_difficulty_weight(beta)
+            tried, record = self._try_difficulty_weights()
+            beta = model.difficulty_weight
             if beta != before:
-                kept = {"step": self.best["step"], "stage": self.best["stage"], **best["record"]}
+                kept = {"step": self.best["step"], "stage": self.best["stage"], **record}
                 self.best["score"] = self.selection_score(kept)
                 self.router.model_card_table = validation_card(kept)
                 self._timed("save_best", self.save_best)
             unwrapped.load_trainable_state(current)
-            choice = [{"difficulty_weight": beta, "trained_with": before,
-                       "tried": [{k: t[k] for k in ("difficulty_weight", "val_log_loss")}
-                                 for t in tried]}]
+            choice = [{"difficulty_weight": beta, "trained_with": before, "tried": tried}]
         choice = broadcast_object_list(choice)[0]
         self._apply_difficulty_weight(choice["difficulty_weight"])
         self.start["difficulty_weight"] = choice["difficulty_weight"]
@@ -474,8 +471,6 @@ class CapsatTrainer:
 
     def _validate_and_keep_best(self, record: dict, stage: str) -> None:
         """Validate (main process) and save the router if it is the best so far."""
-        from accelerate.utils import broadcast_object_list
-
         self.network.eval()
         improved = [False]
         if self.accelerator.is_main_process:

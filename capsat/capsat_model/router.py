@@ -379,7 +379,7 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
         state = self.network.trainable_state()
         if not config.use_llm:  # the encoder's parts alone
             state = {k: v for k, v in state.items() if k.split(".", 1)[0] == "encoder"}
-        if config.use_llm:
+        else:
             self.network.llm.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
             # peft records where the base was loaded from (a local cache path): name it.
             adapter_config = tmp / ADAPTER_DIR / "adapter_config.json"
@@ -474,11 +474,12 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
 
     # ------------------------------------------------------------ model card
     def model_card(self) -> str:
+        saved_with_llm = self._saved_config().use_llm
         reading = (f"a LoRA-tuned `{self.config.base_model}` (r={self.config.lora_r} on "
                    f"{', '.join(self.network.lora_targets)}) reads {self.config.n_soft_tokens} "
-                   f"soft tokens per candidate" if self._saved_config().use_llm
+                   f"soft tokens per candidate" if saved_with_llm
                    else "the capability encoder's direct logit alone (no LLM)")
-        if self._saved_config().use_llm != self.config.use_llm:
+        if saved_with_llm != self.config.use_llm:
             reading += (f"; it was trained with `{self.config.base_model}`, whose gate stayed "
                         f"0, so the LLM added nothing and is not saved")
         trained = [m for m in self.models if self.candidates[m].kind == "trained"]
