@@ -362,8 +362,8 @@ def test_time_limit_stops_with_a_validated_checkpoint(small_data_path, tiny_base
 
 def test_time_limit_is_met_including_the_final_validation(small_data_path, tiny_base,
                                                           tmp_path):
-    """The run ends within max_minutes: it stops early enough to validate, checkpoint and save
-    the last step inside the limit (not after it)."""
+    """The run ends within max_minutes: it stops early enough to validate, checkpoint, save
+    and re-pick the difficulty weight after the last step inside the limit (not after it)."""
     limit = 6.0
     # No start grid: its validations come before the first step, whatever the limit.
     trainer = _trainer(small_data_path, tiny_base, tmp_path, encoder_steps=5000, llm_steps=0,
@@ -375,6 +375,8 @@ def test_time_limit_is_met_including_the_final_validation(small_data_path, tiny_
     assert not result["completed"] and result["step"] >= 1
     assert elapsed <= limit, elapsed
     assert "val_auc" in trainer.history[-1]
+    # ... the difficulty weight's re-pick (a validation per weight) included
+    assert len(trainer.history[-1]["difficulty_after_encoder"]["tried"]) == 5
     assert trainer.latest_checkpoint().name == f"step-{result['step']:07d}"
 
 

@@ -67,6 +67,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
 #: the time limit reserves this multiple of the slowest step plus the final validation and saves
 TIME_SAFETY_FACTOR = 1.5
+#: ... and at least this many seconds more (a pause of the machine outlasts tiny timings)
+TIME_SAFETY_SECONDS = 1.0
 GROUPS = ("encoder", "llm_heads", "lora")
 
 
@@ -317,6 +319,10 @@ class CapsatTrainer:
         self._apply_difficulty_weight(tried[best]["difficulty_weight"])
         return tried, records[best]
 
+    def _repicks_difficulty(self) -> bool:
+        return bool(self.config.repick_difficulty_after_encoder
+                    and self.router.config.difficulty_k and len(self._difficulty_grid()) >= 2)
+
     def repick_difficulty_weight(self) -> dict | None:
         """At the encoder stage's end: the difficulty weight again, from
         ``start_difficulty_grid``, on the validation log-loss of the router kept so far (the
@@ -324,8 +330,7 @@ class CapsatTrainer:
         main process validates; every process applies its choice. If the weight changes, the
         kept router is scored and saved again with it."""
         model = self.router.config
-        if (not self.config.repick_difficulty_after_encoder or not model.difficulty_k
-                or len(self._difficulty_grid()) < 2):
+        if not self._repicks_difficulty():
             return None
         unwrapped = self.accelerator.unwrap_model(self.network)
         choice = [None]
@@ -456,8 +461,13 @@ class CapsatTrainer:
         t = self.timing
         finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
                   + t.get("save_best", 0.0))
+        if stage == "encoder" and self._repicks_difficulty():
+            # the re-pick after the last encoder step: one validation per weight, maybe a save
+            finish += (len(self._difficulty_grid()) * t.get("validation_encoder", 0.0)
+                       + t.get("save_best", 0.0))
         remaining = t.get(f"step_max_{stage}", 0.0) + finish
-        projected = time.perf_counter() - started + TIME_SAFETY_FACTOR * remaining
+        projected = (time.perf_counter() - started
+                     + max(TIME_SAFETY_FACTOR * remaining, remaining + TIME_SAFETY_SECONDS))
         if projected > self.config.max_minutes * 60:
             self.accelerator.set_trigger()
         return self.accelerator.check_trigger()
