@@ -329,6 +329,27 @@ def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_
     assert again.start["difficulty_after_encoder"] == choice
 
 
+def test_the_encoder_can_train_without_the_difficulty_s_start_and_pick_it_after(
+        small_data_path, tiny_base, tmp_path):
+    """With pick_difficulty_before_training off, the encoder trains with the model config's
+    weight (here 0: the difficulty as an input only); no grid is tried before step 0, and the
+    re-pick after the encoder stage alone chooses the weight the router is saved with."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
+                       llm_steps=0, eval_every=2, start_knn_grid=[0], difficulty_weight=0.0,
+                       start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40,
+                       pick_difficulty_before_training=False)
+    result = trainer.train()
+    start = result["start"]
+    assert "difficulty_tried" not in start
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[0]["start"]["difficulty_weight"] == 0.0
+    choice = start["difficulty_after_encoder"]
+    assert choice["trained_with"] == 0.0
+    beta = min(choice["tried"], key=lambda t: t["val_log_loss"])["difficulty_weight"]
+    assert [t["difficulty_weight"] for t in choice["tried"]] == [0.0, 1.0, 2.0]
+    assert Router.load(tmp_path / "best").config.difficulty_weight == beta
+
+
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):
     trainer = _trainer(small_data_path, tiny_base, tmp_path)
     result = trainer.train()

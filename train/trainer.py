@@ -23,7 +23,8 @@ Before step 0, the direct logit's start (a kNN over the evidence shrunk toward t
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
 validation by ``select_on``, then its weight on the query's difficulty from
 ``start_difficulty_grid`` on validation log-loss (picked again at the encoder stage's end on
-the kept router's: ``repick_difficulty_after_encoder``). Validation (step 0, every
+the kept router's: ``repick_difficulty_after_encoder``; only then, with
+``pick_difficulty_before_training`` off). Validation (step 0, every
 ``eval_every`` / ``llm_eval_every`` steps and at each stage's end) scores the validation
 queries, a ``task_label_share`` of them with their task label, against every training model's
 whole bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
@@ -295,9 +296,11 @@ class CapsatTrainer:
     def choose_difficulty_weight(self) -> dict:
         """The start's weight on the query's difficulty, lowest validation log-loss of
         ``start_difficulty_grid`` (it shifts every candidate of a query alike, so routing
-        metrics cannot choose it); the model config's without a grid or a difficulty."""
+        metrics cannot choose it); the model config's without a grid or a difficulty, or
+        with ``pick_difficulty_before_training`` off."""
         model = self.router.config
-        if not model.difficulty_k or not self._difficulty_grid():
+        if (not model.difficulty_k or not self._difficulty_grid()
+                or not self.config.pick_difficulty_before_training):
             self._apply_difficulty_weight(model.difficulty_weight)
             return {"difficulty_weight": model.difficulty_weight}
         tried, _ = self._try_difficulty_weights()
