@@ -351,7 +351,7 @@ def test_the_encoder_can_train_without_the_difficulty_s_start_and_pick_it_after(
 
 
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):
-    trainer = _trainer(small_data_path, tiny_base, tmp_path)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, llm_min_gain_queries=0)
     result = trainer.train()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
@@ -368,6 +368,35 @@ def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mm
     assert not seen & set(trainer.data.split.test)
     card = (tmp_path / "best" / "README.md").read_text()
     assert "## Evaluation" in card and f"step {result['best']['step']}" in card
+
+
+def test_the_llm_stage_must_beat_the_encoder_s_router_by_a_margin(small_data_path, tiny_base,
+                                                                  tmp_path, monkeypatch):
+    """An llm-stage router replaces one kept from the encoder stage only when its selection
+    score is higher by llm_min_gain_queries / (validation queries); between llm-stage
+    routers any gain counts."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, llm_steps=4,
+                       llm_min_gain_queries=1e6)
+    result = trainer.train()
+    log = [r for r in trainer.history if "selection_score" in r]
+    encoder = [r for r in log if r["stage"] != "llm"]
+    assert len(log) > len(encoder)  # the llm stage was validated, and lost
+    assert result["best"]["stage"] == "encoder"
+    assert result["best"]["step"] == max(encoder, key=lambda r: r["selection_score"])["step"]
+    assert not (tmp_path / "best" / "adapter").exists() and result["best"]["saved_without_llm"]
+    # The rule, record by record: validation figures set by hand (routed accuracy + query
+    # AUC), one validation query's worth of margin.
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "rule", llm_min_gain_queries=1)
+    n = len(trainer.data.validation)
+    figures = iter([0.5, 0.5 + 0.5 / n, 0.5 + 2 / n, 0.5 + 2.1 / n])
+    monkeypatch.setattr(trainer, "validate", lambda stage: {
+        "val_routed_accuracy": next(figures), "val_query_auc": 0.5})
+    kept = []
+    for step, stage in enumerate(["encoder", "llm", "llm", "llm"]):
+        trainer.step = step
+        trainer._validate_and_keep_best({"step": step, "stage": stage}, stage)
+        kept.append(trainer.best["step"])
+    assert kept == [0, 0, 2, 3]
 
 
 def test_time_limit_stops_with_a_validated_checkpoint(small_data_path, tiny_base, tmp_path):

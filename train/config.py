@@ -98,6 +98,13 @@ class TrainConfig:
                                           "items, as a new model onboarded from its test) or "
                                           "'split' (aptitude for the model and family splits, "
                                           "which judge onboarded models; bank otherwise)")
+    llm_min_gain_queries: float = help_field(1.0, "a router of the llm stage replaces one "
+                                             "kept from the encoder stage only when its "
+                                             "selection score is higher by at least this "
+                                             "many validation queries' worth (this / the "
+                                             "validation queries): the LLM makes scoring "
+                                             "hundreds of times slower and must earn it; 0: "
+                                             "any gain")
     select_on: str = help_field("routing", "checkpoint selection on validation: 'routing' "
                                            "(routed accuracy + query AUC) or 'auc' (pooled)")
     eval_every: int = help_field(250, "validate every N encoder steps (and at the stage's end)")
@@ -138,7 +145,8 @@ class TrainConfig:
         if not 0.0 <= self.task_label_share <= 1.0:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",
-                     "max_validation_queries", "max_minutes", "pseudo_models"):
+                     "max_validation_queries", "max_minutes", "pseudo_models",
+                     "llm_min_gain_queries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("queries_per_step", "llm_queries_per_step", "eval_every",

@@ -28,7 +28,8 @@ the kept router's: ``repick_difficulty_after_encoder``; only then, with
 ``eval_every`` / ``llm_eval_every`` steps and at each stage's end) scores the validation
 queries, a ``task_label_share`` of them with their task label, against every training model's
 whole bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
-router kept is the best by ``select_on`` (routed accuracy + query AUC by default); one kept
+router kept is the best by ``select_on`` (routed accuracy + query AUC by default; one of the
+llm stage must beat the encoder stage's by ``llm_min_gain_queries`` validation queries); one kept
 from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw
 their samples from a generator seeded by (seed, step, process), so a run resumed from a
 checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written
@@ -490,7 +491,7 @@ class CapsatTrainer:
             record.update(self._timed(f"validation_{stage}", self.validate, stage))
             score = self.selection_score(record)
             record["selection_score"] = score
-            if score > self.best["score"]:
+            if score > self.best["score"] + self._required_gain(stage):
                 self.best = {"score": score, "step": self.step, "stage": stage}
                 self.router.model_card_table = validation_card(record)
                 improved = [True]
@@ -500,6 +501,12 @@ class CapsatTrainer:
             if self.accelerator.is_main_process:
                 self._timed("save_best", self.save_best)
         self.accelerator.wait_for_everyone()
+
+    def _required_gain(self, stage: str) -> float:
+        """How much an llm-stage router must beat one kept from the encoder stage by."""
+        if stage != "llm" or self.best.get("stage") == "llm":
+            return 0.0
+        return self.config.llm_min_gain_queries / max(1, len(self.data.validation))
 
     def _log(self, record: dict, log_path: Path) -> None:
         self.history.append(record)
