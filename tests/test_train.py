@@ -265,7 +265,8 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     training, recorded at step 0, saved with the router and restored on resume."""
     grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
                  start_knn_weight_grid=[1.0, 4.0], start_difficulty_grid=[2.0, 0.0, 1.0],
-                 max_validation_queries=40, repick_difficulty_after_encoder=False)
+                 max_validation_queries=40, repick_difficulty_after_encoder=False,
+                 pick_difficulty_before_training=True)
     trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
     result = trainer.train()
     start = result["start"]
@@ -301,7 +302,8 @@ def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_
     log-loss of the router kept so far; the choice is applied, logged, saved with the router
     and restored on resume."""
     grids = dict(use_llm=False, encoder_steps=6, llm_steps=0, eval_every=2, start_knn_grid=[0],
-                 start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40)
+                 start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40,
+                 pick_difficulty_before_training=True)
     trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
     result = trainer.train()
     start = result["start"]
@@ -331,9 +333,10 @@ def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_
 
 def test_the_encoder_can_train_without_the_difficulty_s_start_and_pick_it_after(
         small_data_path, tiny_base, tmp_path):
-    """With pick_difficulty_before_training off, the encoder trains with the model config's
-    weight (here 0: the difficulty as an input only); no grid is tried before step 0, and the
-    re-pick after the encoder stage alone chooses the weight the router is saved with."""
+    """With pick_difficulty_before_training off (the default), the encoder trains with the
+    model config's weight (here 0: the difficulty as an input only); no grid is tried before
+    step 0, and the re-pick after the encoder stage alone chooses the weight the router is
+    saved with."""
     trainer = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, encoder_steps=4,
                        llm_steps=0, eval_every=2, start_knn_grid=[0], difficulty_weight=0.0,
                        start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40,

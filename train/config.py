@@ -79,12 +79,14 @@ class TrainConfig:
                                                     "validation after the start (lowest "
                                                     "log-loss kept; empty: the model "
                                                     "config's)")
-    pick_difficulty_before_training: bool = help_field(True, "pick the difficulty weight "
+    pick_difficulty_before_training: bool = help_field(False, "pick the difficulty weight "
                                                        "from start_difficulty_grid before "
                                                        "step 0 (false: the encoder trains with "
                                                        "the model config's difficulty_weight, "
-                                                       "and only the re-pick after the encoder "
-                                                       "stage chooses)")
+                                                       "0 by default: an input only, and the "
+                                                       "re-pick after the encoder stage "
+                                                       "chooses; lower validation log-loss on "
+                                                       "all four new-model splits tried)")
     repick_difficulty_after_encoder: bool = help_field(True, "at the encoder stage's end, pick "
                                                        "the difficulty weight again from "
                                                        "start_difficulty_grid on the kept "

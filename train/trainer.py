@@ -21,10 +21,11 @@ cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
-validation by ``select_on``, then its weight on the query's difficulty from
-``start_difficulty_grid`` on validation log-loss (picked again at the encoder stage's end on
-the kept router's: ``repick_difficulty_after_encoder``; only then, with
-``pick_difficulty_before_training`` off). Validation (step 0, every
+validation by ``select_on``. The start's weight on the query's difficulty is picked from
+``start_difficulty_grid`` on validation log-loss at the encoder stage's end, on the kept
+router (``repick_difficulty_after_encoder``; the encoder trains with the model config's
+weight, 0 by default), and before step 0 too with ``pick_difficulty_before_training``.
+Validation (step 0, every
 ``eval_every`` / ``llm_eval_every`` steps and at each stage's end) scores the validation
 queries, a ``task_label_share`` of them with their task label, against every training model's
 whole bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
