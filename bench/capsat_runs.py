@@ -35,6 +35,14 @@ ONBOARDING_BASELINES = ["aptitude_prior", "knn_aptitude"]
 REFERENCES = ["best_single", "per_task_best_single"]
 
 
+def interval(d: dict | None) -> str:
+    """A paired difference as "+d [low, high]"; empty where there is none (a query AUC with
+    one candidate)."""
+    if d is None or d.get("difference") is None:
+        return ""
+    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
 def render(summary: dict) -> str:
     """summary.json as Markdown: every router's figures, then CapSAT minus each other router
     with its paired bootstrap 95% interval."""
@@ -65,9 +73,7 @@ def render(summary: dict) -> str:
             for other, row in run["capsat_minus"].items():
                 cells = []
                 for key in ("routed_accuracy", "query_auc", "auc"):
-                    d = row.get(key)
-                    cells.append("" if d is None else f"{d['difference']:+.4f} "
-                                 f"[{d['low']:+.4f}, {d['high']:+.4f}]")
+                    cells.append(interval(row.get(key)))
                 lines.append(f"| {other} | " + " | ".join(cells) + " |")
         if run.get("skipped"):
             lines += ["", f"Skipped: {run['skipped']}"]
@@ -141,14 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             "routers": rows, "skipped": result.skipped,
             "capsat_minus": comparisons}
         for other, row in comparisons.items():
-            acc = row["routed_accuracy"]
-            line = (f"capsat - {other}: routed {acc['difference']:+.4f} "
-                    f"[{acc['low']:+.4f}, {acc['high']:+.4f}]")
+            line = f"capsat - {other}: routed {interval(row['routed_accuracy'])}"
             for key, name in (("query_auc", "query AUC"), ("auc", "AUC")):
-                if key in row:
-                    q = row[key]
-                    line += (f"; {name} {q['difference']:+.4f} [{q['low']:+.4f}, "
-                             f"{q['high']:+.4f}]")
+                if interval(row.get(key)):
+                    line += f"; {name} {interval(row[key])}"
             print(line, flush=True)
     write_json(root / "summary.json", summary, indent=2)
     write_text(root / "summary.md", render(summary))

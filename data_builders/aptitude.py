@@ -217,6 +217,15 @@ GRADINGS = ("multiple_choice", "exact_match", "none")
 ITEM_FIELDS = ("id", "task", "question", "choices", "answer", "grading")
 
 
+def option_letters(question: str) -> tuple[str, ...]:
+    """The option letters of a question text: its last run of "A) ", "B) ", ... lines (the
+    question's own lines may start "A) " too: MMLU-Pro has multi-part questions)."""
+    letters = OPTION_LINE.findall(question)
+    if "A" in letters:
+        letters = letters[len(letters) - 1 - letters[::-1].index("A"):]
+    return tuple(dict.fromkeys(letters))
+
+
 @dataclass(frozen=True)
 class AptitudeItem:
     """One core item of the aptitude test, as a new model takes it."""
@@ -232,7 +241,7 @@ class AptitudeItem:
     def of(cls, item_id: str, task: str, question: str, answer: str | None) -> "AptitudeItem":
         """From a question text: its "A) ..." option lines make it multiple choice when the
         answer is one of them; no answer, no grading."""
-        letters = tuple(OPTION_LINE.findall(question))
+        letters = option_letters(question)
         if answer is None:
             return cls(item_id, task, question, letters or None, None, "none")
         grading = "multiple_choice" if answer in letters else "exact_match"

@@ -126,6 +126,12 @@ def test_aptitude_items_carry_question_options_and_answer(mmlu_pro, setting, tmp
     with pytest.raises(DataError) as err:
         read_aptitude_items(path)
     assert err.value.line == 1 and err.value.field == "grading"
+    # A question whose own lines start "A) ", "B) " (MMLU-Pro's multi-part ones): the options
+    # are the last run of option lines, so the item is written as it loads.
+    two_part = AptitudeItem.of("q", "t", "A) Find x. B) Find y.\nA) A) 1, B) 2\nB) A) 3, B) 4\n"
+                               "C) A) 5, B) 6", "B")
+    assert two_part.choices == ("A", "B", "C") and two_part.grading == "multiple_choice"
+    assert AptitudeItem.from_json(two_part.to_json()) == two_part
     # No reference answer (a source without keys): kept, but not gradable.
     assert AptitudeItem.of("q", "t", "A) yes\nB) no", None).grading == "none"
 
