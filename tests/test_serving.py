@@ -489,6 +489,48 @@ def test_python_controller(tmp_path, best_dir, ranked, stub):
         controller.close()
 
 
+def test_a_task_header_routes_with_the_label(tmp_path, mmlu_small, stub, best_dir, ranked):
+    """``x-capsat-task`` gives a router that reads task labels the request's label (scored as
+    ``Queries(tasks=...)``, over HTTP and from Python); an unknown label, or a router that
+    reads none, is a 400 naming the header."""
+    from capsat.routers.base import Queries
+    from data_builders.aptitude import select_core_items
+
+    router = make_router("aptitude_prior").fit(mmlu_small,
+                                               aptitude=select_core_items(mmlu_small, 3, 0))
+    controller = Controller(router, echo_backends(tmp_path, stub, router.models))
+    text = "Which enzyme unwinds DNA at the replication fork?"
+    tasks = router.task_labels()
+    by_label = {t: router.predict_proba(Queries([text], tasks=[t]), controller.models)[0]
+                for t in tasks[:2]}
+    assert not np.allclose(*by_label.values())  # the label moves the scores
+    with ServerThread(create_app(controller)) as proxy:
+        url = proxy.url + "/v1/route"
+        for task, expected in by_label.items():
+            got = httpx2.post(url, json={"prompt": text}, headers={"x-capsat-task": task})
+            assert got.status_code == 200
+            p = got.json()["probabilities"]
+            assert np.allclose([p[m] for m in controller.models], expected, atol=1e-6)
+        plain = httpx2.post(url, json={"prompt": text}).json()["probabilities"]
+        unlabelled = router.predict_proba([text], controller.models)[0]
+        assert np.allclose([plain[m] for m in controller.models], unlabelled, atol=1e-6)
+        bad = httpx2.post(url, json={"prompt": text}, headers={"x-capsat-task": "astrology"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-capsat-task"
+        assert "astrology" in bad.json()["error"]["message"]
+        reply = httpx2.post(proxy.url + "/v1/chat/completions", headers={
+            "x-capsat-task": tasks[0]}, json={"model": "capsat", "messages": QUESTION})
+        assert reply.status_code == 200 and reply.headers["x-capsat-model"] in router.models
+    model, probabilities = controller.route(text, task=tasks[1])
+    assert np.allclose([probabilities[m] for m in controller.models], by_label[tasks[1]],
+                       atol=1e-6)
+    controller.close()
+    plain_router = Controller(best_dir, echo_backends(tmp_path, stub, ranked))
+    with pytest.raises(RequestError) as err:
+        plain_router.route(text, task=tasks[0])
+    assert err.value.param == "x-capsat-task" and "reads no task label" in str(err.value)
+    plain_router.close()
+
+
 def test_micro_batching_scores_concurrent_requests_together(tmp_path, mmlu_small, stub):
     router = make_router("knn", k=10).fit(mmlu_small)
     router.progress = False

@@ -4,8 +4,9 @@
   SSE chunks through one by one). Headers: ``x-capsat-model`` (the candidate that answered),
   ``x-capsat-p-correct`` (its P(correct)), ``x-capsat-request-id``, ``x-capsat-policy``,
   ``x-capsat-first-choice``, ``x-capsat-affinity``. Request headers
-  ``x-capsat-conversation-id`` (keep a conversation on one model) and ``x-capsat-affinity:
-  off``.
+  ``x-capsat-conversation-id`` (keep a conversation on one model), ``x-capsat-affinity:
+  off`` and ``x-capsat-task`` (the request's task label, for routers that read one: 400 if
+  the router reads none or does not know it).
 - ``POST /v1/route``: the decision only (``messages`` or ``prompt``; ``model`` may name a
   policy), no backend call.
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
@@ -77,7 +78,8 @@ def create_app(controller: Controller, *, api_key: str | None = None,
     def options(request: Request) -> dict:
         return {"conversation": request.headers.get("x-capsat-conversation-id") or None,
                 "affinity": request.headers.get("x-capsat-affinity", "on").lower()
-                not in AFFINITY_OFF}
+                not in AFFINITY_OFF,
+                "task": request.headers.get("x-capsat-task", "").strip() or None}
 
     def decision_headers(decision: Decision) -> dict:
         return {"x-capsat-model": decision.answered_by or decision.model,

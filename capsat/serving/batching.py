@@ -17,8 +17,8 @@ import numpy as np
 
 
 class MicroBatcher:
-    def __init__(self, score: Callable[[Sequence[str]], np.ndarray], *, window_ms: float = 2.0,
-                 max_size: int = 32):
+    def __init__(self, score: Callable[[Sequence[str], Sequence[str | None]], np.ndarray], *,
+                 window_ms: float = 2.0, max_size: int = 32):
         self.score_batch, self.window = score, window_ms / 1000.0
         self.max_size = max(1, int(max_size))
         self.executor: ThreadPoolExecutor | None = None
@@ -38,10 +38,10 @@ class MicroBatcher:
             self._worker = loop.create_task(self._run())
         return self._queue
 
-    async def score(self, text: str) -> np.ndarray:
-        """One request's row of probabilities."""
+    async def score(self, text: str, task: str | None = None) -> np.ndarray:
+        """One request's row of probabilities (``task``: its task label, or None)."""
         future = asyncio.get_running_loop().create_future()
-        await self._start().put((text, future))
+        await self._start().put((text, task, future))
         return await future
 
     async def _run(self) -> None:
@@ -56,17 +56,17 @@ class MicroBatcher:
                                  await asyncio.wait_for(queue.get(), timeout))
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-            texts = [text for text, _ in batch]
+            texts, tasks = [text for text, _, _ in batch], [task for _, task, _ in batch]
             try:
-                probs = await loop.run_in_executor(self.executor, self.score_batch, texts)
+                probs = await loop.run_in_executor(self.executor, self.score_batch, texts, tasks)
             except Exception as err:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(err)
                 continue
             self.batches += 1
             self.scored += len(batch)
-            for (_, future), row in zip(batch, probs):
+            for (_, _, future), row in zip(batch, probs):
                 if not future.done():  # its client may have gone
                     future.set_result(row)
 

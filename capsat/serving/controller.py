@@ -278,9 +278,26 @@ class Controller:
                    batch_max_size=config.batch_max_size, affinity_size=config.affinity_size)
 
     # ------------------------------------------------------------------ deciding
-    def _score(self, texts) -> np.ndarray:
+    def _score(self, texts, tasks) -> np.ndarray:
+        from ..routers.base import Queries
+
         self.metrics.batch_size.observe(len(texts))
-        return self.router.predict_proba(list(texts), self.models)
+        queries = Queries(list(texts), tasks=list(tasks)) if any(tasks) else list(texts)
+        return self.router.predict_proba(queries, self.models)
+
+    def check_task(self, task: str | None) -> str | None:
+        """A request's task label (the ``x-capsat-task`` header): one the router reads, or a
+        400 naming the header."""
+        if task is None:
+            return None
+        labels = self.router.task_labels()
+        if labels is None:
+            raise RequestError(f"this router ({self.router.name}) reads no task label; send "
+                               f"the request without x-capsat-task", param="x-capsat-task")
+        if task not in labels:
+            raise RequestError(f"unknown task {task!r}; this router knows {labels}",
+                               param="x-capsat-task")
+        return task
 
     def _order(self, policy: Policy, probs: np.ndarray, costs: np.ndarray,
                lam: float | None) -> list[int]:
@@ -300,11 +317,13 @@ class Controller:
 
     async def decide(self, request: ChatRequest, *, request_id: str | None = None,
                      conversation: str | None = None, affinity: bool = True,
-                     spend: bool = True) -> Decision:
-        """Score and choose; ``spend=False`` (the route-only endpoint) refuses nothing."""
+                     spend: bool = True, task: str | None = None) -> Decision:
+        """Score (with ``task``, the request's task label, where it has one) and choose;
+        ``spend=False`` (the route-only endpoint) refuses nothing."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
-        probs = np.asarray(await self.batcher.score(request.text), dtype=float)
+        task = self.check_task(task)
+        probs = np.asarray(await self.batcher.score(request.text, task), dtype=float)
         costs = self.backends.expected_costs(request.chars)
         lam = None
         if self.budget is not None:
@@ -350,17 +369,18 @@ class Controller:
         return await self.route_request(body, **options)
 
     async def route_request(self, body: dict, *, conversation: str | None = None,
-                            affinity: bool = True) -> Decision:
+                            affinity: bool = True, task: str | None = None) -> Decision:
         """``POST /v1/route``: the decision only (logged like any request)."""
         request = parse_chat_request(body, self.policy, route_only=True)
         decision = await self.decide(request, conversation=conversation, affinity=affinity,
-                                     spend=False)
+                                     spend=False, task=task)
         self._finish("route", request, decision, Outcome("route_only"))
         return decision
 
-    def route(self, prompt, policy: str | None = None) -> tuple[str, dict[str, float]]:
-        """(chosen model, every candidate's P(correct)) for a prompt."""
-        decision = self._sync(self.aroute(prompt, policy))
+    def route(self, prompt, policy: str | None = None, task: str | None = None
+              ) -> tuple[str, dict[str, float]]:
+        """(chosen model, every candidate's P(correct)) for a prompt (``task``: its label)."""
+        decision = self._sync(self.aroute(prompt, policy, task=task))
         return decision.model, decision.probabilities
 
     # ------------------------------------------------------------------ forwarding
@@ -378,12 +398,13 @@ class Controller:
         return self._clients[key]
 
     async def complete(self, body: dict, *, conversation: str | None = None,
-                       affinity: bool = True, request_id: str | None = None):
+                       affinity: bool = True, request_id: str | None = None,
+                       task: str | None = None):
         """Decide and forward a chat request. Returns ``(decision, ChatCompletion)``, or
         ``(decision, async iterator of ChatCompletionChunk)`` for ``stream: true``."""
         request = parse_chat_request(body, self.policy)
         decision = await self.decide(request, request_id=request_id, conversation=conversation,
-                                     affinity=affinity)
+                                     affinity=affinity, task=task)
         key = conversation or request.opening
         outcome = Outcome()
         if self.budget is not None:
@@ -554,11 +575,14 @@ class _Completions:
     def __init__(self, controller: Controller, sync: bool):
         self.controller, self.sync = controller, sync
 
-    def create(self, *, conversation_id: str | None = None, affinity: bool = True, **body):
-        """The OpenAI call (``model``, ``messages``, ``stream``, any other field forwarded).
-        Returns the backend's ChatCompletion with the decision as ``.capsat``; with
-        ``stream=True`` an iterator of chunks whose ``.capsat`` is the decision."""
-        call = self.controller.complete(body, conversation=conversation_id, affinity=affinity)
+    def create(self, *, conversation_id: str | None = None, affinity: bool = True,
+               task: str | None = None, **body):
+        """The OpenAI call (``model``, ``messages``, ``stream``, any other field forwarded;
+        ``task``: the request's task label). Returns the backend's ChatCompletion with the
+        decision as ``.capsat``; with ``stream=True`` an iterator of chunks whose ``.capsat``
+        is the decision."""
+        call = self.controller.complete(body, conversation=conversation_id, affinity=affinity,
+                                        task=task)
         if not self.sync:
             return _acreate(call)
         decision, result = self.controller._sync(call)
