@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         for other, row in comparisons.items():
             line = f"capsat - {other}: routed {interval(row['routed_accuracy'])}"
             for key, name in (("query_auc", "query AUC"), ("auc", "AUC")):
-                if interval(row.get(key)):
-                    line += f"; {name} {interval(row[key])}"
+                if shown := interval(row.get(key)):
+                    line += f"; {name} {shown}"
             print(line, flush=True)
     write_json(root / "summary.json", summary, indent=2)
     write_text(root / "summary.md", render(summary))

@@ -25,13 +25,13 @@ validation by ``select_on``. The start's weight on the query's difficulty is pic
 ``start_difficulty_grid`` on validation log-loss at the encoder stage's end, on the kept
 router (``repick_difficulty_after_encoder``; the encoder trains with the model config's
 weight, 0 by default), and before step 0 too with ``pick_difficulty_before_training``.
-Validation (step 0, every
-``eval_every`` / ``llm_eval_every`` steps and at each stage's end) scores the validation
-queries, a ``task_label_share`` of them with their task label, against every training model's
-whole bank (its aptitude items alone in model and family splits: ``validation_evidence``); the
-router kept is the best by ``select_on`` (routed accuracy + query AUC by default; one of the
-llm stage must beat the encoder stage's by ``llm_min_gain_queries`` validation queries); one kept
-from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw
+Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
+scores the validation queries, a ``task_label_share`` of them with their task label, against
+every training model's whole bank (its aptitude items alone in model and family splits:
+``validation_evidence``); the router kept is the best by ``select_on`` (routed accuracy +
+query AUC by default; one of the llm stage must beat the encoder stage's by
+``llm_min_gain_queries`` validation queries); one kept from the encoder stage (gate 0) is
+saved without the LLM, which adds nothing. Steps draw
 their samples from a generator seeded by (seed, step, process), so a run resumed from a
 checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written
 atomically.

@@ -42,6 +42,7 @@ import numpy as np
 
 from data_builders.errors import DataError
 
+from ..routers.base import Queries
 from ..routing.io import last_user_turn
 from ..routing.policies import Policy, choose, tradeoff_choice
 from .batching import MicroBatcher
@@ -279,13 +280,11 @@ class Controller:
 
     # ------------------------------------------------------------------ deciding
     def _score(self, texts, tasks) -> np.ndarray:
-        from ..routers.base import Queries
-
         self.metrics.batch_size.observe(len(texts))
         queries = Queries(list(texts), tasks=list(tasks)) if any(tasks) else list(texts)
         return self.router.predict_proba(queries, self.models)
 
-    def check_task(self, task: str | None) -> str | None:
+    def _check_task(self, task: str | None) -> str | None:
         """A request's task label (the ``x-capsat-task`` header): one the router reads, or a
         400 naming the header."""
         if task is None:
@@ -322,7 +321,7 @@ class Controller:
         ``spend=False`` (the route-only endpoint) refuses nothing."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
-        task = self.check_task(task)
+        task = self._check_task(task)
         probs = np.asarray(await self.batcher.score(request.text, task), dtype=float)
         costs = self.backends.expected_costs(request.chars)
         lam = None
