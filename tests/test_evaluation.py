@@ -188,16 +188,16 @@ def test_paired_pooled_auc_bootstrap(mmlu_small):
     seeded; ``compare`` reports it for routers scored in the same run, not from JSON."""
     from sklearn.metrics import roc_auc_score
 
-    from capsat.evaluation.compare import _PooledAuc, compare, paired_auc_bootstrap
+    from capsat.evaluation.compare import WeightedPooledAuc, compare, paired_auc_bootstrap
 
     rng = np.random.default_rng(0)
     right = rng.random((50, 4)) < 0.5
     tied = np.round(rng.random((50, 4)), 1)  # many ties
-    assert _PooledAuc(tied, right)(np.ones(50)) == pytest.approx(
+    assert WeightedPooledAuc(tied, right)(np.ones(50)) == pytest.approx(
         roc_auc_score(right.ravel(), tied.ravel()))
     weights = rng.integers(0, 3, 50).astype(float)  # a resample: queries 0, 1 or 2 times
     repeated = np.repeat(np.arange(50), weights.astype(int))
-    assert _PooledAuc(tied, right)(weights) == pytest.approx(
+    assert WeightedPooledAuc(tied, right)(weights) == pytest.approx(
         roc_auc_score(right[repeated].ravel(), tied[repeated].ravel()))
     result = evaluate(mmlu_small, "query", "knn,aptitude_prior,oracle", plots=False)
     rows = compare(result, "knn", ["aptitude_prior", "best_single"], samples=200)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from capsat.capsat_model.config import CapsatConfig
+from capsat.evaluation import metrics as M
 from capsat.routers import Router
 from data_builders.splits import make_split
 from train.cli import parse
@@ -266,7 +267,7 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
                  start_knn_weight_grid=[1.0, 4.0], start_difficulty_grid=[2.0, 0.0, 1.0],
                  max_validation_queries=40, repick_difficulty_after_encoder=False,
-                 pick_difficulty_before_training=True)
+                 pick_difficulty_before_training=True, start_min_gain_se=0.0)
     trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
     result = trainer.train()
     start = result["start"]
@@ -294,6 +295,47 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     encoder = again.accelerator.unwrap_model(again.network).encoder
     assert again.router.config.start_knn == best["start_knn"] == encoder.start_knn
     assert again.router.config.difficulty_weight == beta == encoder.difficulty_weight
+
+
+def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path, tiny_base,
+                                                               tmp_path):
+    """The best start reads the nearest evidence items only when its validation gain over
+    the per-task prior (start_knn 0) exceeds start_min_gain_se paired bootstrap standard
+    errors; else the prior is kept. The margin is recorded with its figures."""
+    grids = dict(use_llm=False, encoder_steps=0, llm_steps=0, start_knn_grid=[0, 3, 8],
+                 start_knn_weight_grid=[1.0], start_difficulty_grid=[0.0],
+                 max_validation_queries=40, repick_difficulty_after_encoder=False)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "any", start_min_gain_se=0.0,
+                       **grids)
+    start = trainer.choose_start()
+    tried = start["tried"]
+    best = max(tried, key=lambda t: t["score"])
+    prior = tried[0]
+    assert prior["start_knn"] == 0 and best["start_knn"] > 0  # the data prefers a kNN start
+    margin = start["margin_over_prior"]
+    assert margin["gain"] == pytest.approx(best["score"] - prior["score"])
+    assert margin["standard_error"] > 0 and margin["kept"]
+    assert start["start_knn"] == best["start_knn"]
+    # The score as a function of query weights is the selection score at weights of one, and
+    # a resample's weights move it.
+    trainer._apply_start(best["start_knn"], best["start_knn_weight"])
+    record = trainer.validate("encoder")
+    probs, scores = trainer.validation_probabilities("encoder")
+    statistic = trainer.selection_statistic(probs, scores)
+    assert statistic(np.ones(len(probs))) == pytest.approx(trainer.selection_score(record))
+    weights = np.zeros(len(probs))
+    weights[:20] = 1.0
+    assert statistic(weights) == pytest.approx(
+        M.routed_accuracy(probs[:20], scores[:20]) + M.query_auc(probs[:20], scores[:20]))
+    # A margin larger than the gain keeps the prior.
+    needed = margin["gain"] / margin["standard_error"] + 0.5
+    strict = _trainer(small_data_path, tiny_base, tmp_path / "strict",
+                      start_min_gain_se=needed, **grids)
+    start = strict.choose_start()
+    assert start["start_knn"] == 0 and not start["margin_over_prior"]["kept"]
+    assert start["margin_over_prior"]["required"] > start["margin_over_prior"]["gain"]
+    encoder = strict.accelerator.unwrap_model(strict.network).encoder
+    assert encoder.start_knn == 0 == strict.router.config.start_knn
 
 
 def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_path,

@@ -74,6 +74,15 @@ class TrainConfig:
                                            "select_on is kept; empty: the model config's)")
     start_knn_weight_grid: list[float] = help_field([2.0, 8.0, 32.0], "values of the model's "
                                                     "start_knn_weight tried with each")
+    start_min_gain_se: float = help_field(1.0, "a start that reads the nearest evidence "
+                                          "items (start_knn > 0) replaces the per-task prior "
+                                          "(start_knn 0) only when its validation selection "
+                                          "score is higher by this many paired bootstrap "
+                                          "standard errors over the validation queries (0: "
+                                          "any gain): the pick is made on the training "
+                                          "models, and a held-out family unlike them reads "
+                                          "the prior better than a start that validation "
+                                          "barely preferred")
     start_difficulty_grid: list[float] = help_field([0.0, 0.5, 1.0, 1.5, 2.0], "values of "
                                                     "the model's difficulty_weight tried on "
                                                     "validation after the start (lowest "
@@ -148,7 +157,7 @@ class TrainConfig:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",
                      "max_validation_queries", "max_minutes", "pseudo_models",
-                     "llm_min_gain_queries"):
+                     "llm_min_gain_queries", "start_min_gain_se"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("queries_per_step", "llm_queries_per_step", "eval_every",

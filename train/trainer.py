@@ -21,10 +21,12 @@ cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
-validation by ``select_on``. The start's weight on the query's difficulty is picked from
-``start_difficulty_grid`` on validation log-loss at the encoder stage's end, on the kept
-router (``repick_difficulty_after_encoder``; the encoder trains with the model config's
-weight, 0 by default), and before step 0 too with ``pick_difficulty_before_training``.
+validation by ``select_on``; a kNN start must beat the prior by ``start_min_gain_se`` paired
+bootstrap standard errors over the validation queries. The start's weight on the query's
+difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
+stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
+the model config's weight, 0 by default), and before step 0 too with
+``pick_difficulty_before_training``.
 Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
 scores the validation queries, a ``task_label_share`` of them with their task label, against
 every training model's whole bank (its aptitude items alone in model and family splits:
@@ -55,6 +57,8 @@ from capsat.capsat_model.config import CapsatConfig
 from capsat.capsat_model.evidence import Evidence
 from capsat.capsat_model.router import CapsatRouter
 from capsat.evaluation import metrics as M
+from capsat.evaluation.compare import WeightedPooledAuc, paired_weighted_bootstrap
+from capsat.routers.base import Queries
 from capsat.routers.provenance import Provenance
 from data_builders.atomic import atomic_folder
 
@@ -72,6 +76,9 @@ KEEP_CHECKPOINTS = 2
 TIME_SAFETY_FACTOR = 1.5
 #: ... and at least this many seconds more (a pause of the machine outlasts tiny timings)
 TIME_SAFETY_SECONDS = 1.0
+#: Bootstrap resamples of the validation queries behind the start's margin over the prior.
+START_BOOTSTRAP_SAMPLES = 500
+EPS = 1e-12
 GROUPS = ("encoder", "llm_heads", "lora")
 
 
@@ -245,17 +252,22 @@ class CapsatTrainer:
 
     # ------------------------------------------------------------ validation
     def validate(self, stage: str) -> dict:
-        """Routing metrics on the validation queries (a ``task_label_share`` of them with
-        their task label, the rest without, as training reads them: both uses of the router
-        count), every training model reading its whole bank or, with
+        """Routing metrics on the validation queries (``validation_probabilities``)."""
+        probs, scores = self.validation_probabilities(stage)
+        return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
+                "val_log_loss": M.log_loss(probs, scores),
+                "val_routed_accuracy": M.routed_accuracy(probs, scores)}
+
+    def validation_probabilities(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """(P(right), scores), validation queries x training models: a ``task_label_share``
+        of the queries with their task label, the rest without, as training reads them (both
+        uses of the router count), every training model reading its whole bank or, with
         ``validates_as_onboarded``, only its aptitude items (through the LLM in the llm stage;
         the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
         router.network = self.accelerator.unwrap_model(self.network)
         router._evidence = None
         router.progress = False
-        from capsat.routers.base import Queries
-
         queries = Queries(validation.texts, tasks=self.validation_tasks,
                           embeddings=self.data.validation_embeddings)
         # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
@@ -268,10 +280,7 @@ class CapsatTrainer:
             router.read_through_llm = True
             router.evidence_items = None  # the evidence cache is keyed on it
         router.progress = self.config.progress
-        scores = validation.scores[router.models].to_numpy(dtype=float)
-        return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
-                "val_log_loss": M.log_loss(probs, scores),
-                "val_routed_accuracy": M.routed_accuracy(probs, scores)}
+        return probs, validation.scores[router.models].to_numpy(dtype=float)
 
     def choose_start(self) -> dict:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
@@ -282,18 +291,40 @@ class CapsatTrainer:
             chosen = {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
                       "selected_on": "config"}
             return {**chosen, **self.choose_difficulty_weight()}
-        tried = []
+        tried, statistics = [], []
         for k in sorted({int(k) for k in c.start_knn_grid}):
             for w in ([model.start_knn_weight] if k == 0 else
                       sorted({float(w) for w in c.start_knn_weight_grid})):
                 self._apply_start(k, w)
-                score = self.selection_score(self._timed("validation_encoder", self.validate,
-                                                         "encoder"))
-                tried.append({"start_knn": k, "start_knn_weight": w, "score": score})
-        best = max(tried, key=lambda t: t["score"])  # the first (simplest) of equals
+                probs, scores = self._timed("validation_encoder", self.validation_probabilities,
+                                            "encoder")
+                statistics.append(self.selection_statistic(probs, scores))
+                tried.append({"start_knn": k, "start_knn_weight": w,
+                              "score": statistics[-1](np.ones(len(probs)))})
+        best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
+        margin = self._start_margin(tried, statistics, best)
+        if margin is not None and not margin["kept"]:
+            best = next(i for i, t in enumerate(tried) if t["start_knn"] == 0)
+        best = tried[best]
         self._apply_start(best["start_knn"], best["start_knn_weight"])
         return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
-                "selected_on": "validation", "tried": tried, **self.choose_difficulty_weight()}
+                "selected_on": "validation", "tried": tried,
+                **({"margin_over_prior": margin} if margin is not None else {}),
+                **self.choose_difficulty_weight()}
+
+    def _start_margin(self, tried: list[dict], statistics: list, best: int) -> dict | None:
+        """Whether the best start, when it reads the nearest evidence items (start_knn > 0),
+        beats the per-task prior's (start_knn 0) by ``start_min_gain_se`` paired bootstrap
+        standard errors over the validation queries; None where there is no comparison."""
+        prior = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
+        if not prior or tried[best]["start_knn"] == 0:
+            return None
+        n = len(self.data.validation)
+        gain = paired_weighted_bootstrap(statistics[best], statistics[prior[0]], n,
+                                         samples=START_BOOTSTRAP_SAMPLES, seed=self.config.seed)
+        required = self.config.start_min_gain_se * gain["standard_error"]
+        return {"gain": gain["difference"], "standard_error": gain["standard_error"],
+                "required": required, "kept": bool(gain["difference"] > required)}
 
     def choose_difficulty_weight(self) -> dict:
         """The start's weight on the query's difficulty, lowest validation log-loss of
@@ -371,6 +402,21 @@ class CapsatTrainer:
         if self.config.select_on == "auc":
             return record["val_auc"]
         return record["val_routed_accuracy"] + record["val_query_auc"]
+
+    def selection_statistic(self, probs: np.ndarray, scores: np.ndarray):
+        """``selection_score`` of these validation probabilities as a function of query
+        weights (a bootstrap resample's multiplicities; ones: the score itself)."""
+        if self.config.select_on == "auc":
+            return WeightedPooledAuc(probs, scores >= M.CORRECT_AT)
+        routed = scores[np.arange(len(scores)), M.chosen(probs)]
+        query_auc = M.query_aucs(probs, scores)
+        mixed = np.isfinite(query_auc)
+        query_auc = np.where(mixed, query_auc, 0.0)
+
+        def score(weights: np.ndarray) -> float:
+            return float((weights * routed).sum() / weights.sum()
+                         + (weights * query_auc).sum() / max((weights * mixed).sum(), EPS))
+        return score
 
     # ---------------------------------------------------------- checkpoints
     def _optimizer_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:

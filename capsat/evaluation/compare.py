@@ -8,7 +8,7 @@ resampled with replacement, the same queries for both routers, and the interval 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], *,
             "share_above_zero": float((means > 0).mean()), "queries": int(len(diff))}
 
 
-class _PooledAuc:
+class WeightedPooledAuc:
     """The pooled AUC of one router's (query, candidate) probabilities under query weights
     (a bootstrap resample's multiplicities): pairs are sorted once, so each resample costs
     one pass (ties count half, as ``roc_auc_score``)."""
@@ -55,6 +55,26 @@ class _PooledAuc:
         return float((pos * (below + 0.5 * neg)).sum() / total) if total else float("nan")
 
 
+def paired_weighted_bootstrap(statistic_a: Callable[[np.ndarray], float],
+                              statistic_b: Callable[[np.ndarray], float], n: int, *,
+                              samples: int = 2000, seed: int = 0) -> dict:
+    """statistic_a - statistic_b, each a figure of ``n`` queries under query weights (a
+    resample's multiplicities), with the paired bootstrap 95% interval and standard error
+    over queries (the same resampled queries for both)."""
+    ones = np.ones(n)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(samples):
+        weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
+        diffs.append(statistic_a(weights) - statistic_b(weights))
+    diffs = np.array(diffs)
+    return {"difference": statistic_a(ones) - statistic_b(ones),
+            "low": float(np.nanpercentile(diffs, 2.5)),
+            "high": float(np.nanpercentile(diffs, 97.5)),
+            "standard_error": float(np.nanstd(diffs)),
+            "share_above_zero": float((diffs > 0).mean()), "queries": int(n)}
+
+
 def paired_auc_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, right: np.ndarray, *,
                          samples: int = 2000, seed: int = 0) -> dict:
     """AUC(a) - AUC(b), each pooled over every (query, candidate) pair, with the paired
@@ -62,18 +82,9 @@ def paired_auc_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, right: np.nda
     if not probs_a.shape == probs_b.shape == right.shape:
         raise ValueError(f"paired AUCs need the same (queries, candidates): {probs_a.shape}, "
                          f"{probs_b.shape}, {right.shape}")
-    auc_a, auc_b = _PooledAuc(probs_a, right), _PooledAuc(probs_b, right)
-    n = len(right)
-    ones = np.ones(n)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(samples):
-        weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
-        diffs.append(auc_a(weights) - auc_b(weights))
-    diffs = np.array(diffs)
-    return {"difference": auc_a(ones) - auc_b(ones), "low": float(np.nanpercentile(diffs, 2.5)),
-            "high": float(np.nanpercentile(diffs, 97.5)),
-            "share_above_zero": float((diffs > 0).mean()), "queries": int(n)}
+    return paired_weighted_bootstrap(WeightedPooledAuc(probs_a, right),
+                                     WeightedPooledAuc(probs_b, right), len(right),
+                                     samples=samples, seed=seed)
 
 
 def compare(result, router: str, others: Sequence[str], *, samples: int = 2000,
