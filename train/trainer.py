@@ -33,10 +33,9 @@ every training model's whole bank (its aptitude items alone in model and family 
 ``validation_evidence``); the router kept is the best by ``select_on`` (routed accuracy +
 query AUC by default; one of the llm stage must beat the encoder stage's by
 ``llm_min_gain_queries`` validation queries); one kept from the encoder stage (gate 0) is
-saved without the LLM, which adds nothing. Steps draw
-their samples from a generator seeded by (seed, step, process), so a run resumed from a
-checkpoint equals an uninterrupted one. Checkpoints are safetensors + JSON folders written
-atomically.
+saved without the LLM, which adds nothing. Steps draw their samples from a generator seeded
+by (seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one.
+Checkpoints are safetensors + JSON folders written atomically.
 """
 from __future__ import annotations
 
@@ -302,9 +301,11 @@ class CapsatTrainer:
                 tried.append({"start_knn": k, "start_knn_weight": w,
                               "score": statistics[-1](np.ones(len(probs)))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
-        margin = self._start_margin(tried, statistics, best)
+        prior = next((i for i, t in enumerate(tried) if t["start_knn"] == 0), None)
+        margin = (None if prior is None or prior == best
+                  else self._start_margin(statistics[best], statistics[prior]))
         if margin is not None and not margin["kept"]:
-            best = next(i for i, t in enumerate(tried) if t["start_knn"] == 0)
+            best = prior
         best = tried[best]
         self._apply_start(best["start_knn"], best["start_knn_weight"])
         return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
@@ -312,15 +313,10 @@ class CapsatTrainer:
                 **({"margin_over_prior": margin} if margin is not None else {}),
                 **self.choose_difficulty_weight()}
 
-    def _start_margin(self, tried: list[dict], statistics: list, best: int) -> dict | None:
-        """Whether the best start, when it reads the nearest evidence items (start_knn > 0),
-        beats the per-task prior's (start_knn 0) by ``start_min_gain_se`` paired bootstrap
-        standard errors over the validation queries; None where there is no comparison."""
-        prior = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
-        if not prior or tried[best]["start_knn"] == 0:
-            return None
-        n = len(self.data.validation)
-        gain = paired_weighted_bootstrap(statistics[best], statistics[prior[0]], n,
+    def _start_margin(self, knn_start, prior_start) -> dict:
+        """Whether a kNN start (its selection statistic) beats the per-task prior's by
+        ``start_min_gain_se`` paired bootstrap standard errors over the validation queries."""
+        gain = paired_weighted_bootstrap(knn_start, prior_start, len(self.data.validation),
                                          samples=START_BOOTSTRAP_SAMPLES, seed=self.config.seed)
         required = self.config.start_min_gain_se * gain["standard_error"]
         return {"gain": gain["difference"], "standard_error": gain["standard_error"],
