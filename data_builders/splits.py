@@ -56,7 +56,8 @@ def model_families(models: Sequence[str]) -> dict[str, list[str]]:
 
 # Separate random streams, so that e.g. the query split of kind="model" with seed s is the
 # same as the query split of kind="query" with seed s, whatever the models drawn.
-_STREAM_TEST, _STREAM_VALIDATION, _STREAM_MODELS, _STREAM_TASKS = range(4)
+(_STREAM_TEST, _STREAM_VALIDATION, _STREAM_MODELS, _STREAM_TASKS,
+ _STREAM_VALIDATION_MODELS) = range(5)
 
 
 def normalise_text(text: str) -> str:
@@ -313,6 +314,36 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
     return Split(kind, int(seed), tuple(train), tuple(validation), tuple(test),
                  tuple(train_models), tuple(test_models), tuple(tasks_out),
                  tuple(families_out))
+
+
+def validation_models(split: Split, share: float) -> list[str]:
+    """A seeded ``share`` of a model or family split's train models (whole families for
+    ``kind="family"``) that validation reads as new models: left out of fitting, onboarded
+    from their aptitude answers, so that what is chosen on validation is chosen on models the
+    router never trained on, as the test models are. Empty for ``share`` 0."""
+    if not share:
+        return []
+    if split.kind not in MODEL_SPLITS:
+        raise DataError(f"validation models are for the model and family splits, not "
+                        f"{split.kind!r} (its test models are the train models)",
+                        field="validation_model_share")
+    share = _check_fraction(share, "validation_model_share")
+    rng = _rng(split.seed, _STREAM_VALIDATION_MODELS)
+    models = list(split.train_models)
+    if split.kind == "family":
+        families = model_families(models)
+        if len(families) < 2:
+            raise DataError(f"validation families need at least two train families, got "
+                            f"{list(families)}", field="validation_model_share")
+        drawn = _draw_families(families, share, rng)
+        held = [m for m in models if model_family(m) in drawn]
+    else:
+        held = _draw(models, share, rng, "model")
+    if len(held) < 2 or len(models) - len(held) < 2:
+        raise DataError(f"validation_model_share {share} draws {len(held)} of the "
+                        f"{len(models)} train models ({held}): validation routes among at least "
+                        f"two, and at least two are fitted", field="validation_model_share")
+    return held
 
 
 def _draw_families(families: dict[str, list[str]], fraction: float,

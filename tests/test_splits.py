@@ -160,3 +160,31 @@ def test_family_split_holds_whole_families_out(mmlu_pro):
     assert err.value.field == "family"
     with pytest.raises(DataError):
         make_split(table, "family", held_out_families=list(families))
+
+
+def test_validation_models_are_whole_seeded_train_families(mmlu_pro):
+    """Model and family splits can leave a seeded share of their train models out of fitting
+    to validate on: whole families for the family split, never a test model, at least two
+    validated and two fitted; a query split has none to offer."""
+    from data_builders.splits import model_families, validation_models
+
+    table = mmlu_pro.complete()
+    split = make_split(table, "family", seed=0)
+    held = validation_models(split, 0.15)
+    assert held == validation_models(split, 0.15)  # seeded
+    assert 2 <= len(held) <= len(split.train_models) - 2
+    assert set(held) <= set(split.train_models)
+    families = model_families(split.train_models)
+    for family in {f for f, members in families.items() if set(members) & set(held)}:
+        assert set(families[family]) <= set(held)
+    assert validation_models(split, 0.0) == []
+    by_model = make_split(table, "model", seed=0)
+    drawn = validation_models(by_model, 0.2)
+    assert set(drawn) <= set(by_model.train_models)
+    assert len(drawn) == round(0.2 * len(by_model.train_models))
+    with pytest.raises(DataError) as err:
+        validation_models(make_split(table, "query", seed=0), 0.2)
+    assert err.value.field == "validation_model_share"
+    small = make_split(table.subset(models=table.models[:5]), "model", seed=0)
+    with pytest.raises(DataError, match="at least two"):
+        validation_models(small, 0.1)  # one of four

@@ -260,6 +260,67 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
         t for t, k in zip(validation.tasks, labelled) if k]
 
 
+def test_validation_models_are_read_only_from_their_aptitude_answers(small_data_path,
+                                                                    tiny_base, tmp_path,
+                                                                    mmlu_small):
+    """With ``validation_model_share`` a model split validates on train models left out of
+    fitting: not in the loss, the pool or the bank beyond their aptitude answers; onboarded as
+    a user's model is, and kept in the saved router as onboarded candidates."""
+    from capsat.capsat_model.router import CapsatRouter
+    from capsat.routers import Queries, make_router
+
+    with pytest.raises(ValueError, match="validation_model_share"):
+        TrainConfig(split="query", validation_model_share=0.5)
+    with pytest.raises(ValueError, match="validation_model_share"):
+        TrainConfig(split="model", validation_model_share=1.0)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, use_llm=False, split="model",
+                       validation_model_share=0.5, task_label_share=1.0, start_knn_grid=[0],
+                       encoder_steps=4, llm_steps=0, eval_every=2)
+    data = trainer.data
+    held, fitted = data.validation_models, data.train_models
+    assert len(held) == 2 and len(fitted) == 2
+    assert set(held) | set(fitted) == set(data.split.train_models)
+    assert not set(held) & set(fitted) and not set(held) & set(data.split.test_models)
+    assert list(data.validation.models) == held
+    router = trainer.router
+    assert router.models == fitted + held
+    bank = router.bank
+    assert list(bank.trained) == [True, True, False, False]
+    # The pool counts the fitted models only; a validation model's evidence is its test.
+    train = data.table.subset(bank.item_ids, fitted).scores.to_numpy(dtype=float)
+    np.testing.assert_allclose(bank.pool_sum, np.nansum(train, axis=1))
+    core = sorted(data.aptitude.item_ids)
+    for j, name in enumerate(held, start=2):
+        answered = np.flatnonzero(~np.isnan(bank.outcomes[j]))
+        assert sorted(bank.item_ids[i] for i in answered) == core
+        assert router.candidates[name].kind == "onboarded"
+    rows, _, evidence, labels = trainer.sample(0)
+    assert trainer.outcomes.shape[0] == 2
+    assert labels.shape[1] == 2 + trainer.config.pseudo_models
+    np.testing.assert_array_equal(labels[:, :2].numpy(),
+                                  data.table.subset([bank.item_ids[r] for r in rows],
+                                                    fitted).scores.to_numpy())
+    # Untrained, validation is the aptitude prior of the two validation models.
+    probs, scores = trainer.validation_probabilities("encoder")
+    assert probs.shape == (len(data.validation), 2)
+    np.testing.assert_array_equal(scores, data.validation.scores[held].to_numpy(dtype=float))
+    prior = make_router("aptitude_prior", prior_weight=2.0)
+    prior.fit(data.table.subset(data.bank.item_ids, fitted), aptitude=data.aptitude)
+    for name, results in data.validation_results.items():
+        prior.onboard(name, results)
+    expected = prior.predict_proba(Queries(data.validation.texts, tasks=data.validation.tasks,
+                                           embeddings=data.validation_embeddings), held)
+    assert M.auc(probs, scores) == pytest.approx(M.auc(expected, scores), abs=1e-4)
+    result = trainer.train()
+    assert result["best"]["step"] is not None
+    saved = CapsatRouter.from_pretrained(str(tmp_path / "best"))
+    assert saved.models == fitted + held
+    for name in held:
+        assert saved.candidates[name].kind == "onboarded"
+        assert len(saved.candidates[name].fitted_ability) == SMALL_MODEL.irt_dim
+    assert data.summary()["validation_models"] == held
+
+
 def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, tmp_path):
     """Before step 0 every (start_knn, weight) of the grids is scored on validation, then the
     weight on the query's difficulty by validation log-loss; the best is the start of

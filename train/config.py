@@ -109,6 +109,15 @@ class TrainConfig:
                                           "items, as a new model onboarded from its test) or "
                                           "'split' (aptitude for the model and family splits, "
                                           "which judge onboarded models; bank otherwise)")
+    validation_model_share: float = help_field(0.0, "model and family splits: this seeded "
+                                               "share of the train models (whole families "
+                                               "for split=family) is left out of fitting "
+                                               "(bank, pool and loss) and onboarded from its "
+                                               "aptitude answers; validation, and so the "
+                                               "start, the difficulty weight and the kept "
+                                               "router, is then judged on models the router "
+                                               "never trained on, as the test models are (0: "
+                                               "on the training models)")
     llm_min_gain_queries: float = help_field(1.0, "a router of the llm stage replaces one "
                                              "kept from the encoder stage only when its "
                                              "selection score is higher by at least this "
@@ -153,6 +162,12 @@ class TrainConfig:
                              f"{self.start_difficulty_grid}")
         if self.start_knn_grid and any(self.start_knn_grid) and not self.start_knn_weight_grid:
             raise ValueError("start_knn_weight_grid is empty while start_knn_grid tries k > 0")
+        if not 0.0 <= self.validation_model_share < 1.0:
+            raise ValueError(f"validation_model_share must be in [0, 1), got "
+                             f"{self.validation_model_share}")
+        if self.validation_model_share and self.split not in MODEL_SPLITS:
+            raise ValueError(f"validation_model_share is for the model and family splits "
+                             f"{MODEL_SPLITS}, not split={self.split!r}")
         if not 0.0 <= self.task_label_share <= 1.0:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",

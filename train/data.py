@@ -7,6 +7,10 @@ aptitude test's core items are chosen on the train queries of the train models o
 The evidence bank is the train part: every train query is an item, with its embedding, task
 and the train models' outcomes on it. Loss queries are train queries outside the aptitude
 test (a seeded sample); a step's loss queries are never in that step's evidence.
+
+With ``validation_model_share`` (model and family splits) some train models are validation
+models: out of the bank's training rows, the pool and the loss, read at validation from
+their aptitude answers as the test models are read.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from data_builders.aptitude import AptitudeItem, AptitudeTest, aptitude_items
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.experiment import prepare_experiment
 from data_builders.outcomes import OutcomeTable
-from data_builders.splits import Split, normalise_text, sample_ids
+from data_builders.splits import Split, normalise_text, sample_ids, validation_models
 
 from .config import TrainConfig
 
@@ -32,18 +36,26 @@ class TrainingData:
     aptitude: AptitudeTest
     aptitude_items: list[AptitudeItem]
     tasks: list[str]
-    bank: EvidenceBank  # the train part, train models' outcomes
+    bank: EvidenceBank  # the train part, the fitted models' outcomes
     texts: list[str]  # the bank items' texts (the LLM reads the loss queries')
     loss_rows: np.ndarray  # bank rows trained on (no core item), a seeded sample
     neighbours: np.ndarray  # (N, K) nearest other bank items of every item (cosine)
     text_groups: np.ndarray  # (N,) items with the same normalised text share a group
-    validation: OutcomeTable  # validation queries x train models (maybe subsampled)
+    validation: OutcomeTable  # validation queries x validated models (maybe subsampled)
     validation_embeddings: np.ndarray
     prices: dict[str, dict]
+    #: Train models left out of fitting, onboarded from their aptitude answers (model ->
+    #: {core item: score}) and validated on; empty: validation reads the fitted models.
+    validation_results: dict[str, dict[str, float]]
+
+    @property
+    def validation_models(self) -> list[str]:
+        return list(self.validation_results)
 
     @property
     def train_models(self) -> list[str]:
-        return list(self.split.train_models)
+        """The models fitted on (the bank's training rows, in order)."""
+        return [m for m in self.split.train_models if m not in self.validation_results]
 
     def summary(self) -> dict:
         return {"queries": len(self.table), "bank_items": len(self.bank.item_ids),
@@ -51,6 +63,7 @@ class TrainingData:
                 "validation_queries": len(self.validation), "test_queries": len(self.split.test),
                 "train_models": len(self.split.train_models),
                 "test_models": len(self.split.test_models),
+                "validation_models": self.validation_models,
                 "core_items": len(self.aptitude.item_ids)}
 
 
@@ -96,7 +109,9 @@ def prepare(config: TrainConfig, *, encoder: str = DEFAULT_ENCODER,
                                     validation_size=config.validation_size,
                                     k_per_task=config.k_per_task)
     table, split, aptitude = experiment.table, experiment.split, experiment.aptitude
-    train = experiment.train_of_train_models()
+    held = validation_models(split, config.validation_model_share)
+    fitted = [m for m in split.train_models if m not in held]
+    train = experiment.train_of_train_models().subset(models=fitted)
     tasks = sorted(set(train.tasks))
     embedder = Embedder(encoder, progress=progress)
     embeddings = embedder.encode(train.texts, desc="embedding the evidence bank")
@@ -110,10 +125,10 @@ def prepare(config: TrainConfig, *, encoder: str = DEFAULT_ENCODER,
     loss_rows = np.array(sample_ids(candidates, config.max_train_queries, config.seed),
                          dtype=np.int64)
     validation = table.subset(sample_ids(split.validation, config.max_validation_queries,
-                                         config.seed + 1), list(split.train_models))
+                                         config.seed + 1), held or fitted)
     groups = text_groups(train.texts)
     return TrainingData(
         table, split, aptitude, aptitude_items(table, aptitude), tasks, bank, train.texts,
         loss_rows, nearest_neighbours(embeddings, groups, config.neighbours), groups, validation,
         embedder.encode(validation.texts, desc="embedding validation queries"),
-        prices(table, split.train))
+        prices(table, split.train), experiment.aptitude_results(held))

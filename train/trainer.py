@@ -112,6 +112,11 @@ class CapsatTrainer:
             model_config, data.bank, models, data.tasks,
             prices={m: data.prices[m] for m in models}, aptitude=data.aptitude,
             aptitude_items=data.aptitude_items, llm=llm, tokenizer=tokenizer)
+        # Validation models join as a user's new model does, from their aptitude answers.
+        for name, results in data.validation_results.items():
+            self.router.onboard(name, results, price=data.prices[name])
+        #: The models validation routes among: the validation models, or the fitted ones.
+        self.validated_models = data.validation_models or list(models)
         bank_table = data.table.subset(data.bank.item_ids, models)
         seen = data.table.subset(list(np.array(data.bank.item_ids)[data.loss_rows]), models)
         core = data.table.subset(sorted(data.aptitude.item_ids), models)
@@ -131,10 +136,10 @@ class CapsatTrainer:
             weight_decay=config.weight_decay)
         self.network, self.optimizer = self.accelerator.prepare(network, self.optimizer)
         self.device = self.accelerator.device
-        bank = data.bank
-        self.outcomes = torch.from_numpy(np.nan_to_num(bank.outcomes, nan=0.0)).float()
-        self.observed = torch.from_numpy(~np.isnan(bank.outcomes))
-        pool_loo = bank.pool_success()
+        bank, fitted = data.bank, np.arange(len(models))  # the bank's training rows
+        self.outcomes = torch.from_numpy(np.nan_to_num(bank.outcomes[fitted], nan=0.0)).float()
+        self.observed = torch.from_numpy(~np.isnan(bank.outcomes[fitted]))
+        pool_loo = bank.pool_success(fitted)
         self.pool_loo = torch.from_numpy(pool_loo).float()
         #: The baseline of the query's difficulty: the pool's success per task over the
         #: whole bank, each training model left out (as the router reads its bank).
@@ -260,7 +265,8 @@ class CapsatTrainer:
     def validation_probabilities(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """(P(right), scores), validation queries x training models: a ``task_label_share``
         of the queries with their task label, the rest without, as training reads them (both
-        uses of the router count), every training model reading its whole bank or, with
+        uses of the router count), among ``validated_models``: the validation models, read
+        from their aptitude answers, or every fitted model reading its whole bank or, with
         ``validates_as_onboarded``, only its aptitude items (through the LLM in the llm stage;
         the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
@@ -274,12 +280,12 @@ class CapsatTrainer:
         if self.config.validates_as_onboarded:
             router.evidence_items = sorted(self.data.aptitude.item_ids)
         try:
-            probs = router.predict_proba(queries, router.models)
+            probs = router.predict_proba(queries, self.validated_models)
         finally:
             router.read_through_llm = True
             router.evidence_items = None  # the evidence cache is keyed on it
         router.progress = self.config.progress
-        return probs, validation.scores[router.models].to_numpy(dtype=float)
+        return probs, validation.scores[self.validated_models].to_numpy(dtype=float)
 
     def choose_start(self) -> dict:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
@@ -476,6 +482,10 @@ class CapsatTrainer:
     def save_best(self) -> None:
         if self.accelerator.is_main_process:
             self.router.network = self.accelerator.unwrap_model(self.network)
+            for name, results in self.data.validation_results.items():
+                # Onboarding's ability estimate, with the item side of the network saved.
+                self.router.candidates[name].fitted_ability = \
+                    self.router.fit_ability(results).tolist()
             # With the gate at 0 (the encoder stage) the LLM adds nothing: the router is saved
             # without it, so it scores the same without loading or running the LLM.
             without_llm = self.router.llm_adds_nothing
