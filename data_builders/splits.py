@@ -318,7 +318,7 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
 
 def validation_models(split: Split, share: float) -> list[str]:
     """A seeded ``share`` of a model or family split's train models (whole families for
-    ``kind="family"``) that validation reads as new models: left out of fitting, onboarded
+    ``kind="family"``, at most ``share`` of them) that validation reads as new models: left out of fitting, onboarded
     from their aptitude answers, so that what is chosen on validation is chosen on models the
     router never trained on, as the test models are. Empty for ``share`` 0."""
     if not share:
@@ -335,7 +335,7 @@ def validation_models(split: Split, share: float) -> list[str]:
         if len(families) < 2:
             raise DataError(f"validation families need at least two train families, got "
                             f"{list(families)}", field="validation_model_share")
-        drawn = _draw_families(families, share, rng)
+        drawn = _draw_families(families, share, rng, at_most=True)
         held = [m for m in models if model_family(m) in drawn]
     else:
         held = _draw(models, share, rng, "model")
@@ -347,9 +347,10 @@ def validation_models(split: Split, share: float) -> list[str]:
 
 
 def _draw_families(families: dict[str, list[str]], fraction: float,
-                   rng: np.random.Generator) -> list[str]:
+                   rng: np.random.Generator, at_most: bool = False) -> list[str]:
     """Families in a seeded order until they hold at least ``fraction`` of the models, while
-    leaving at least two models (and one family) to train on."""
+    leaving at least two models (and one family) to train on; ``at_most``: only families
+    that keep the drawn models within ``fraction`` (a large family is passed over)."""
     names = list(families)
     if len(names) < 2:
         raise DataError(f"holding out families needs at least two, got {names}", field="family")
@@ -359,9 +360,12 @@ def _draw_families(families: dict[str, list[str]], fraction: float,
     for i in rng.permutation(len(names)):
         if held >= target:
             break
-        if total - held - len(families[names[i]]) >= 2 and len(picked) < len(names) - 1:
+        size = len(families[names[i]])
+        if at_most and held + size > target:
+            continue
+        if total - held - size >= 2 and len(picked) < len(names) - 1:
             picked.append(names[i])
-            held += len(families[names[i]])
+            held += size
     return [n for n in names if n in picked]
 
 
