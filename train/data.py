@@ -61,7 +61,7 @@ class TrainingData:
         return {"queries": len(self.table), "bank_items": len(self.bank.item_ids),
                 "loss_queries": len(self.loss_rows),
                 "validation_queries": len(self.validation), "test_queries": len(self.split.test),
-                "train_models": len(self.split.train_models),
+                "train_models": len(self.train_models),  # fitted on
                 "test_models": len(self.split.test_models),
                 "validation_models": self.validation_models,
                 "core_items": len(self.aptitude.item_ids)}
