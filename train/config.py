@@ -69,9 +69,12 @@ class TrainConfig:
                                               "(the rest get the task head's posterior, as an "
                                               "unlabelled log does); used when the model's "
                                               "read_task_labels is on")
-    start_knn_grid: list[int] = help_field([0, 10, 20, 40], "values of the model's start_knn "
-                                           "tried on validation before training (the best by "
-                                           "select_on is kept; empty: the model config's)")
+    start_knn_grid: list[int] = help_field([0, 10, 20, 40, 80, 160], "values of the model's "
+                                           "start_knn tried on validation before training "
+                                           "(the best by select_on is kept; empty: the model "
+                                           "config's); up to the knn router's largest k, as a "
+                                           "known model's bank of thousands of items reads "
+                                           "best through many neighbours")
     start_knn_weight_grid: list[float] = help_field([2.0, 8.0, 32.0], "values of the model's "
                                                     "start_knn_weight tried with each")
     start_min_gain_se: float = help_field(1.0, "a start that reads the nearest evidence "
