@@ -318,9 +318,10 @@ def make_split(table: OutcomeTable, kind: str, *, test_size: float = 0.2,
 
 def validation_models(split: Split, share: float) -> list[str]:
     """A seeded ``share`` of a model or family split's train models (whole families for
-    ``kind="family"``, at most ``share`` of them) that validation reads as new models: left out of fitting, onboarded
-    from their aptitude answers, so that what is chosen on validation is chosen on models the
-    router never trained on, as the test models are. Empty for ``share`` 0."""
+    ``kind="family"``, at most ``share`` of them) that validation reads as new models: left
+    out of fitting and onboarded from their aptitude answers, so that what validation chooses
+    it chooses on models the router never trained on, as the test models are. Empty for
+    ``share`` 0."""
     if not share:
         return []
     if split.kind not in MODEL_SPLITS:
