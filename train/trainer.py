@@ -115,8 +115,6 @@ class CapsatTrainer:
         # Validation models join as a user's new model does, from their aptitude answers.
         for name, results in data.validation_results.items():
             self.router.onboard(name, results, price=data.prices[name])
-        #: The models validation routes among: the validation models, or the fitted ones.
-        self.validated_models = data.validation_models or list(models)
         bank_table = data.table.subset(data.bank.item_ids, models)
         seen = data.table.subset(list(np.array(data.bank.item_ids)[data.loss_rows]), models)
         core = data.table.subset(sorted(data.aptitude.item_ids), models)
@@ -263,13 +261,14 @@ class CapsatTrainer:
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
 
     def validation_probabilities(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
-        """(P(right), scores), validation queries x training models: a ``task_label_share``
-        of the queries with their task label, the rest without, as training reads them (both
-        uses of the router count), among ``validated_models``: the validation models, read
-        from their aptitude answers, or every fitted model reading its whole bank or, with
-        ``validates_as_onboarded``, only its aptitude items (through the LLM in the llm stage;
-        the encoder's answer before it)."""
+        """(P(right), scores), validation queries x the validation table's models: a
+        ``task_label_share`` of the queries with their task label, the rest without, as
+        training reads them (both uses of the router count). The models are the validation
+        models, read from their aptitude answers, or every fitted model reading its whole
+        bank or, with ``validates_as_onboarded``, only its aptitude items (through the LLM in
+        the llm stage; the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
+        models = list(validation.models)  # the validation models, or the fitted ones
         router.network = self.accelerator.unwrap_model(self.network)
         router._evidence = None
         router.progress = False
@@ -280,12 +279,12 @@ class CapsatTrainer:
         if self.config.validates_as_onboarded:
             router.evidence_items = sorted(self.data.aptitude.item_ids)
         try:
-            probs = router.predict_proba(queries, self.validated_models)
+            probs = router.predict_proba(queries, models)
         finally:
             router.read_through_llm = True
             router.evidence_items = None  # the evidence cache is keyed on it
         router.progress = self.config.progress
-        return probs, validation.scores[self.validated_models].to_numpy(dtype=float)
+        return probs, validation.scores[models].to_numpy(dtype=float)
 
     def choose_start(self) -> dict:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
