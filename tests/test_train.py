@@ -261,8 +261,7 @@ def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, t
 
 
 def test_validation_models_are_read_only_from_their_aptitude_answers(small_data_path,
-                                                                    tiny_base, tmp_path,
-                                                                    mmlu_small):
+                                                                    tiny_base, tmp_path):
     """With ``validation_model_share`` a model split validates on train models left out of
     fitting: not in the loss, the pool or the bank beyond their aptitude answers; onboarded as
     a user's model is, and kept in the saved router as onboarded candidates."""
@@ -294,7 +293,7 @@ def test_validation_models_are_read_only_from_their_aptitude_answers(small_data_
         answered = np.flatnonzero(~np.isnan(bank.outcomes[j]))
         assert sorted(bank.item_ids[i] for i in answered) == core
         assert router.candidates[name].kind == "onboarded"
-    rows, _, evidence, labels = trainer.sample(0)
+    rows, _, _, labels = trainer.sample(0)
     assert trainer.outcomes.shape[0] == 2
     assert labels.shape[1] == 2 + trainer.config.pseudo_models
     np.testing.assert_array_equal(labels[:, :2].numpy(),
