@@ -25,7 +25,7 @@ from data_builders.splits import make_split
 from train.cli import parse
 from train.config import TrainConfig
 from train.data import prepare
-from train.trainer import CapsatTrainer
+from train.trainer import START_BATCH, CapsatTrainer
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_MODEL = CapsatConfig(max_instruction_tokens=24, instruction_head_tokens=12,
@@ -396,6 +396,45 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     assert start["margin_over_prior"]["required"] > start["margin_over_prior"]["gain"]
     encoder = strict.accelerator.unwrap_model(strict.network).encoder
     assert encoder.start_knn == 0 == strict.router.config.start_knn
+
+
+def test_the_start_can_be_picked_on_loss_queries_left_out_of_the_bank(small_data_path,
+                                                                      tiny_base, tmp_path):
+    """With start_queries 'train' the start is picked on a seeded sample of loss queries, each
+    read against the bank without its batch and their same-text twins: with k = 1 and a tiny
+    weight the start is the outcome of the nearest *other* bank item (the query's own would
+    make it the oracle). Model splits read the aptitude items alone, as validation does."""
+    for split, onboarded in (("query", False), ("model", True)):
+        trainer = _trainer(small_data_path, tiny_base, tmp_path / split, use_llm=False,
+                           split=split, start_queries="train", start_train_queries=50,
+                           start_knn_grid=[0, 1], start_knn_weight_grid=[1e-3],
+                           start_difficulty_grid=[0.0], task_label_share=1.0)
+        data, rows = trainer.data, trainer.start_rows
+        assert len(rows) == 50 and set(rows) <= set(data.loss_rows)
+        start = trainer.choose_start()
+        assert start["selected_on"].startswith("train")
+        assert [t["start_knn"] for t in start["tried"]] == [0, 1]
+        trainer._apply_start(1, 1e-3)
+        probs, scores = trainer.start_probabilities()
+        raw = data.bank.outcomes[:len(data.train_models)]
+        outcomes = np.nan_to_num(raw, nan=0.0)
+        np.testing.assert_array_equal(scores, outcomes[:, rows].T)
+        readable = ~np.isnan(raw)  # (M, N): each model reads the items it has a score on
+        if onboarded:
+            readable &= np.isin(data.bank.item_ids, sorted(data.aptitude.item_ids))[None]
+        similarity = data.bank.embeddings[rows] @ data.bank.embeddings.T
+        # A batch of queries is left out together (one evidence pool for the batch).
+        batch = np.arange(len(rows)) // START_BATCH
+        own = np.stack([np.isin(data.text_groups, data.text_groups[rows[batch == b]])
+                        for b in batch])
+        for m in range(len(data.train_models)):
+            nearest = np.where(own | ~readable[m][None], -np.inf, similarity).argmax(axis=1)
+            np.testing.assert_array_equal(probs[:, m] > 0.5, outcomes[m, nearest] > 0.5)
+        assert (probs > 0.5).mean() not in (0.0, 1.0)
+        # Reading its own item would have been the oracle on every query.
+        assert (probs > 0.5).astype(float).tolist() != scores.tolist()
+    with pytest.raises(ValueError, match="start_queries"):
+        TrainConfig(start_queries="test")
 
 
 def test_the_difficulty_weight_is_picked_again_on_the_trained_router(small_data_path,

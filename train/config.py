@@ -12,6 +12,7 @@ from data_builders.splits import MODEL_SPLITS, SPLIT_KINDS
 
 SELECTIONS = ("routing", "auc")
 VALIDATION_EVIDENCE = ("bank", "aptitude", "split")
+START_QUERIES = ("validation", "train")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class TrainConfig:
                                               "unlabelled log does); used when the model's "
                                               "read_task_labels is on")
     start_knn_grid: list[int] = help_field([0, 10, 20, 40, 80, 160], "values of the model's "
-                                           "start_knn tried on validation before training "
+                                           "start_knn tried before training (on start_queries) "
                                            "(the best by select_on is kept; empty: the model "
                                            "config's); up to the knn router's largest k, as a "
                                            "known model's bank of thousands of items reads "
@@ -79,13 +80,24 @@ class TrainConfig:
                                                     "start_knn_weight tried with each")
     start_min_gain_se: float = help_field(1.0, "a start that reads the nearest evidence "
                                           "items (start_knn > 0) replaces the per-task prior "
-                                          "(start_knn 0) only when its validation selection "
-                                          "score is higher by this many paired bootstrap "
-                                          "standard errors over the validation queries (0: "
+                                          "(start_knn 0) only when its selection score is "
+                                          "higher by this many paired bootstrap standard "
+                                          "errors over the start_queries (0: "
                                           "any gain): the pick is made on the training "
                                           "models, and a held-out family unlike them reads "
                                           "the prior better than a start that validation "
                                           "barely preferred")
+    start_queries: str = help_field("validation", "where the start is picked: "
+                                    "'validation' (the validation queries) or 'train' (up "
+                                    "to start_train_queries loss queries, read in batches "
+                                    "against the bank without them and their same-text "
+                                    "twins: "
+                                    "cross-validation on the train part, several times the "
+                                    "queries, so a less noisy pick; the start has no "
+                                    "trained parameters to overfit them)")
+    start_train_queries: int = help_field(4000, "with start_queries 'train': at most this "
+                                                "many loss queries (a seeded sample of those "
+                                                "every fitted model has a score on)")
     start_difficulty_grid: list[float] = help_field([0.0, 0.5, 1.0, 1.5, 2.0], "values of "
                                                     "the model's difficulty_weight tried on "
                                                     "validation after the start (lowest "
@@ -166,6 +178,12 @@ class TrainConfig:
         if any(float(b) < 0 for b in self.start_difficulty_grid):
             raise ValueError(f"start_difficulty_grid must hold values >= 0, got "
                              f"{self.start_difficulty_grid}")
+        if self.start_queries not in START_QUERIES:
+            raise ValueError(f"start_queries must be one of {START_QUERIES}, got "
+                             f"{self.start_queries!r}")
+        if int(self.start_train_queries) < 1:
+            raise ValueError(f"start_train_queries must be >= 1, got "
+                             f"{self.start_train_queries}")
         if self.start_knn_grid and any(self.start_knn_grid) and not self.start_knn_weight_grid:
             raise ValueError("start_knn_weight_grid is empty while start_knn_grid tries k > 0")
         if not 0.0 <= self.validation_model_share < 1.0:

@@ -20,9 +20,10 @@ right: the comparison routing makes), IRT (sigmoid(a_q . theta_m - b_q)), and th
 cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
-prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` on
-validation by ``select_on``; a kNN start must beat the prior by ``start_min_gain_se`` paired
-bootstrap standard errors over the validation queries. The start's weight on the query's
+prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` by
+``select_on``, on validation or (``start_queries: train``) on loss queries each read against
+the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
+bootstrap standard errors over those queries. The start's weight on the query's
 difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
 stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
 the model config's weight, 0 by default), and before step 0 too with
@@ -77,6 +78,9 @@ TIME_SAFETY_FACTOR = 1.5
 TIME_SAFETY_SECONDS = 1.0
 #: Bootstrap resamples of the validation queries behind the start's margin over the prior.
 START_BOOTSTRAP_SAMPLES = 500
+#: Loss queries read together when the start is picked on them: each batch against the bank
+#: without its own queries (a test query is never in the bank).
+START_BATCH = 64
 EPS = 1e-12
 GROUPS = ("encoder", "llm_heads", "lora")
 
@@ -158,8 +162,11 @@ class CapsatTrainer:
         keep = (np.random.default_rng([config.seed, 2]).random(len(data.validation))
                 < self.task_label_share)
         self.validation_tasks = [t if k else None for t, k in zip(data.validation.tasks, keep)]
-        #: The direct logit's start, chosen on validation before step 0 (``choose_start``).
+        #: The direct logit's start, chosen before step 0 (``choose_start``).
         self.start: dict | None = None
+        #: With ``start_queries`` 'train': the loss queries the start is picked on (bank rows)
+        #: and their task indices as read (-1: without the label, as ``validation_tasks``).
+        self.start_rows, self.start_tasks = self._start_queries()
 
     # ------------------------------------------------------------------ data
     def _rng(self, step: int) -> np.random.Generator:
@@ -286,10 +293,59 @@ class CapsatTrainer:
         router.progress = self.config.progress
         return probs, validation.scores[models].to_numpy(dtype=float)
 
+    def _start_queries(self) -> tuple[np.ndarray, torch.Tensor]:
+        if self.config.start_queries != "train":
+            return np.zeros(0, dtype=np.int64), torch.zeros(0, dtype=torch.long)
+        scored = self.observed[:, self.data.loss_rows].all(dim=0).numpy()
+        candidates = np.asarray(self.data.loss_rows)[scored]
+        if len(candidates) == 0:
+            raise ValueError("start_queries 'train': no loss query has a score for every "
+                             "fitted model")
+        rng = np.random.default_rng([self.config.seed, 3])
+        rows = np.sort(rng.choice(candidates, min(self.config.start_train_queries,
+                                                  len(candidates)), replace=False))
+        tasks = self.item_tasks[rows].clone()
+        tasks[torch.from_numpy(rng.random(len(rows)) >= self.task_label_share)] = -1
+        return rows, tasks
+
+    def start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
+        """(P(right), scores) of the encoder's answer on the ``start_rows`` loss queries x the
+        fitted models, each ``START_BATCH`` of them read against the bank without themselves
+        and their same-text twins (leave-batch-out, as a test query is never in the bank), the
+        models reading what validation reads (their whole bank, or their aptitude items
+        with ``validates_as_onboarded``)."""
+        data, rows = self.data, self.start_rows
+        network = self.accelerator.unwrap_model(self.network)
+        network.eval()
+        mask = self.observed.clone()
+        if self.config.validates_as_onboarded:
+            aptitude = np.isin(np.asarray(data.bank.item_ids), sorted(data.aptitude.item_ids))
+            mask &= torch.from_numpy(aptitude)[None]
+        probs = np.zeros((len(rows), len(data.train_models)))
+        size = START_BATCH
+        with torch.no_grad():
+            for begin in range(0, len(rows), size):
+                batch = rows[begin:begin + size]
+                own = np.isin(data.text_groups, data.text_groups[batch])
+                pool = torch.from_numpy(np.flatnonzero(~own))
+                evidence = Evidence(self.embeddings[pool], self.item_tasks[pool],
+                                    self.outcomes[:, pool], self.pool_loo[:, pool],
+                                    mask[:, pool], self.task_success).to(self.device)
+                out = network(self.embeddings[batch].to(self.device), evidence, None,
+                              self.start_tasks[begin:begin + size].to(self.device))
+                probs[begin:begin + size] = torch.sigmoid(out.logits).double().cpu().numpy()
+        return probs, self.outcomes[:, rows].T.double().numpy()
+
+    def _start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.start_queries == "train":
+            return self._timed("start_train", self.start_probabilities)
+        return self._timed("validation_encoder", self.validation_probabilities, "encoder")
+
     def choose_start(self) -> dict:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
-        that scores best on validation by ``select_on``, from the grids (the untrained
-        encoder's answer is that start). Every process computes the same choice."""
+        that scores best by ``select_on`` on the ``start_queries`` (validation, or loss
+        queries left out of the bank), from the grids (the untrained encoder's answer is that
+        start). Every process computes the same choice."""
         c, model = self.config, self.router.config
         if not c.start_knn_grid:
             chosen = {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
@@ -300,28 +356,30 @@ class CapsatTrainer:
             for w in ([model.start_knn_weight] if k == 0 else
                       sorted({float(w) for w in c.start_knn_weight_grid})):
                 self._apply_start(k, w)
-                probs, scores = self._timed("validation_encoder", self.validation_probabilities,
-                                            "encoder")
+                probs, scores = self._start_probabilities()
                 statistics.append(self.selection_statistic(probs, scores))
                 tried.append({"start_knn": k, "start_knn_weight": w,
                               "score": statistics[-1](np.ones(len(probs)))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
         prior = next((i for i, t in enumerate(tried) if t["start_knn"] == 0), None)
         margin = (None if prior is None or prior == best
-                  else self._start_margin(statistics[best], statistics[prior]))
+                  else self._start_margin(statistics[best], statistics[prior], len(probs)))
         if margin is not None and not margin["kept"]:
             best = prior
         best = tried[best]
         self._apply_start(best["start_knn"], best["start_knn_weight"])
         return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
-                "selected_on": "validation", "tried": tried,
+                "selected_on": ("validation" if c.start_queries == "validation" else
+                                f"train ({len(self.start_rows)} loss queries out of the bank)"),
+                "tried": tried,
                 **({"margin_over_prior": margin} if margin is not None else {}),
                 **self.choose_difficulty_weight()}
 
-    def _start_margin(self, knn_start, prior_start) -> dict:
+    def _start_margin(self, knn_start, prior_start, n_queries: int) -> dict:
         """Whether a kNN start (its selection statistic) beats the per-task prior's by
-        ``start_min_gain_se`` paired bootstrap standard errors over the validation queries."""
-        gain = paired_weighted_bootstrap(knn_start, prior_start, len(self.data.validation),
+        ``start_min_gain_se`` paired bootstrap standard errors over the ``n_queries`` it was
+        picked on."""
+        gain = paired_weighted_bootstrap(knn_start, prior_start, n_queries,
                                          samples=START_BOOTSTRAP_SAMPLES, seed=self.config.seed)
         required = self.config.start_min_gain_se * gain["standard_error"]
         return {"gain": gain["difference"], "standard_error": gain["standard_error"],
