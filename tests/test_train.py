@@ -403,14 +403,17 @@ def test_the_start_can_be_picked_on_loss_queries_left_out_of_the_bank(small_data
     """With start_queries 'train' the start is picked on a seeded sample of loss queries, each
     read against the bank without its batch and their same-text twins: with k = 1 and a tiny
     weight the start is the outcome of the nearest *other* bank item (the query's own would
-    make it the oracle). Model splits read the aptitude items alone, as validation does."""
+    make it the oracle). Each is read with its task label; model splits read the aptitude
+    items alone, as validation does."""
     for split, onboarded in (("query", False), ("model", True)):
         trainer = _trainer(small_data_path, tiny_base, tmp_path / split, use_llm=False,
                            split=split, start_queries="train", start_train_queries=50,
                            start_knn_grid=[0, 1], start_knn_weight_grid=[1e-3],
-                           start_difficulty_grid=[0.0], task_label_share=1.0)
+                           start_difficulty_grid=[0.0], task_label_share=0.5)
         data, rows = trainer.data, trainer.start_rows
         assert len(rows) == 50 and set(rows) <= set(data.loss_rows)
+        # Every start query with its label (the untrained task head decides nothing).
+        np.testing.assert_array_equal(trainer.start_tasks.numpy(), data.bank.tasks[rows])
         start = trainer.choose_start()
         assert start["selected_on"].startswith("train")
         assert [t["start_knn"] for t in start["tried"]] == [0, 1]

@@ -165,7 +165,9 @@ class CapsatTrainer:
         #: The direct logit's start, chosen before step 0 (``choose_start``).
         self.start: dict | None = None
         #: With ``start_queries`` 'train': the loss queries the start is picked on (bank rows)
-        #: and their task indices as read (-1: without the label, as ``validation_tasks``).
+        #: and their task indices as read: every label, when the model reads labels (-1:
+        #: none). Before step 0 the task head is untrained, and would read an unlabelled
+        #: query as every task at once, as no trained router does; test queries carry labels.
         self.start_rows, self.start_tasks = self._start_queries()
 
     # ------------------------------------------------------------------ data
@@ -304,8 +306,8 @@ class CapsatTrainer:
         rng = np.random.default_rng([self.config.seed, 3])
         rows = np.sort(rng.choice(candidates, min(self.config.start_train_queries,
                                                   len(candidates)), replace=False))
-        tasks = self.item_tasks[rows].clone()
-        tasks[torch.from_numpy(rng.random(len(rows)) >= self.task_label_share)] = -1
+        tasks = (self.item_tasks[rows].clone() if self.router.config.read_task_labels
+                 else torch.full((len(rows),), -1, dtype=torch.long))
         return rows, tasks
 
     def start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
