@@ -517,6 +517,55 @@ def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mm
     assert "## Evaluation" in card and f"step {result['best']['step']}" in card
 
 
+def test_a_step_must_beat_the_kept_router_by_its_standard_errors(small_data_path, tiny_base,
+                                                                 tmp_path, monkeypatch):
+    """With checkpoint_min_gain_se a validated step replaces the kept router only when its
+    selection score is higher by that many paired bootstrap standard errors over the
+    validation queries; the margin is logged, and survives a checkpoint."""
+    # A gain on one query of n is about one standard error of itself: two are required.
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, checkpoint_min_gain_se=2.0,
+                       use_llm=False, llm_steps=0)
+    n, m = 40, 3
+    rng = np.random.default_rng(0)
+    scores = (rng.random((n, m)) < 0.5).astype(float)
+    scores[:, 0] = 1.0 - scores[:, 1]  # every query has a right and a wrong candidate
+    base = np.full((n, m), 0.5)
+    base[:, 2] = 0.6  # routes every query to candidate 2
+    lucky = base.copy()
+    lucky[0] = 0.3 + 0.4 * scores[0]  # right on one query more: a gain within the noise
+    sure = 0.2 + 0.6 * scores  # right everywhere: a gain far beyond it
+    trainer.start = trainer.choose_start()  # a checkpoint records it (the run's step 0 does)
+    validations = iter([base, lucky, sure])
+    monkeypatch.setattr(trainer, "validation_probabilities",
+                        lambda stage: (next(validations), scores))
+    kept, records = [], []
+    for step in range(3):
+        trainer.step = step
+        records.append({"step": step, "stage": "encoder"})
+        trainer._validate_and_keep_best(records[-1], "encoder")
+        kept.append(trainer.best["step"])
+    assert kept == [0, 0, 2]
+    assert "margin_over_kept" not in records[0]  # nothing kept yet: step 0 is kept
+    lucky_margin, sure_margin = records[1]["margin_over_kept"], records[2]["margin_over_kept"]
+    # One query's worth of gain over the kept router, not two standard errors of it.
+    statistic = trainer.selection_statistic
+    gain = statistic(lucky, scores)(np.ones(n)) - statistic(base, scores)(np.ones(n))
+    assert gain > 0 and lucky_margin["gain"] == pytest.approx(gain)
+    assert records[1]["selection_score"] > records[0]["selection_score"]
+    assert 0 < lucky_margin["gain"] <= lucky_margin["required"] and not lucky_margin["kept"]
+    assert sure_margin["gain"] > sure_margin["required"] > 0 and sure_margin["kept"]
+    np.testing.assert_array_equal(trainer.best_validation[0], sure)
+    # Kept probabilities travel with the checkpoint (a resumed run compares with them).
+    trainer.save_checkpoint()
+    again = _trainer(small_data_path, tiny_base, tmp_path, checkpoint_min_gain_se=2.0,
+                     use_llm=False, llm_steps=0)
+    again.load_checkpoint(again.latest_checkpoint())
+    np.testing.assert_array_equal(again.best_validation[0], sure)
+    np.testing.assert_array_equal(again.best_validation[1], scores)
+    with pytest.raises(ValueError, match="checkpoint_min_gain_se"):
+        TrainConfig(checkpoint_min_gain_se=-1)
+
+
 def test_the_llm_stage_must_beat_the_encoder_s_router_by_a_margin(small_data_path, tiny_base,
                                                                   tmp_path, monkeypatch):
     """An llm-stage router replaces one kept from the encoder stage only when its selection

@@ -145,6 +145,13 @@ class TrainConfig:
                                              "validation queries): the LLM makes scoring "
                                              "hundreds of times slower and must earn it; 0: "
                                              "any gain")
+    checkpoint_min_gain_se: float = help_field(0.0, "a validated step replaces the router "
+                                               "kept so far only when its selection score "
+                                               "is higher by this many paired bootstrap "
+                                               "standard errors over the validation queries "
+                                               "(0: any gain, the default): 1 keeps the "
+                                               "start unless training beats it beyond the "
+                                               "noise of validation's few hundred queries")
     select_on: str = help_field("routing", "checkpoint selection on validation: 'routing' "
                                            "(routed accuracy + query AUC) or 'auc' (pooled)")
     eval_every: int = help_field(250, "validate every N encoder steps (and at the stage's end)")
@@ -198,7 +205,7 @@ class TrainConfig:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",
                      "max_validation_queries", "max_minutes", "pseudo_models",
-                     "llm_min_gain_queries", "start_min_gain_se"):
+                     "llm_min_gain_queries", "start_min_gain_se", "checkpoint_min_gain_se"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("queries_per_step", "llm_queries_per_step", "eval_every",

@@ -33,7 +33,10 @@ scores the validation queries, a ``task_label_share`` of them with their task la
 every training model's whole bank (its aptitude items alone in model and family splits:
 ``validation_evidence``); the router kept is the best by ``select_on`` (routed accuracy +
 query AUC by default; one of the llm stage must beat the encoder stage's by
-``llm_min_gain_queries`` validation queries); one kept from the encoder stage (gate 0) is
+``llm_min_gain_queries`` validation queries; with ``checkpoint_min_gain_se`` any step must
+beat the kept router by that many paired bootstrap standard errors over the validation
+queries, so a start that routes like the per-task best model is not traded for noise); one
+kept from the encoder stage (gate 0) is
 saved without the LLM, which adds nothing. Steps draw their samples from a generator seeded
 by (seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one.
 Checkpoints are safetensors + JSON folders written atomically.
@@ -70,13 +73,16 @@ BEST = "best"
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 BEST_WEIGHTS_FILE = "best_trainable.safetensors"
+#: the kept router's validation probabilities and scores (``checkpoint_min_gain_se``)
+BEST_VALIDATION_FILE = "best_validation.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
 #: the time limit reserves this multiple of the slowest step plus the final validation and saves
 TIME_SAFETY_FACTOR = 1.5
 #: ... and at least this many seconds more (a pause of the machine outlasts tiny timings)
 TIME_SAFETY_SECONDS = 1.0
-#: Bootstrap resamples of the validation queries behind the start's margin over the prior.
+#: Bootstrap resamples of the queries behind the start's margin over the prior and a step's
+#: margin over the kept router.
 START_BOOTSTRAP_SAMPLES = 500
 #: Loss queries read together when the start is picked on them: each batch against the bank
 #: without its own queries (a test query is never in the bank).
@@ -151,6 +157,10 @@ class CapsatTrainer:
         self.step = 0
         self.best = {"score": -math.inf, "step": None}
         self.best_state: dict[str, torch.Tensor] | None = None
+        #: (probabilities, scores) of the last validation and of the kept router's: the
+        #: paired margin of ``checkpoint_min_gain_se`` (main process).
+        self.last_validation: tuple[np.ndarray, np.ndarray] | None = None
+        self.best_validation: tuple[np.ndarray, np.ndarray] | None = None
         self.history: list[dict] = []
         #: Seconds of the slowest step and the last validation / checkpoint / save per stage,
         #: for stopping within ``max_minutes`` (kept in checkpoints).
@@ -265,6 +275,7 @@ class CapsatTrainer:
     def validate(self, stage: str) -> dict:
         """Routing metrics on the validation queries (``validation_probabilities``)."""
         probs, scores = self.validation_probabilities(stage)
+        self.last_validation = (probs, scores)
         return {"val_auc": M.auc(probs, scores), "val_query_auc": M.query_auc(probs, scores),
                 "val_log_loss": M.log_loss(probs, scores),
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
@@ -381,9 +392,15 @@ class CapsatTrainer:
         """Whether a kNN start (its selection statistic) beats the per-task prior's by
         ``start_min_gain_se`` paired bootstrap standard errors over the ``n_queries`` it was
         picked on."""
-        gain = paired_weighted_bootstrap(knn_start, prior_start, n_queries,
+        return self._paired_margin(knn_start, prior_start, n_queries,
+                                   self.config.start_min_gain_se)
+
+    def _paired_margin(self, statistic, baseline, n_queries: int, min_gain_se: float) -> dict:
+        """statistic - baseline (selection statistics of the same queries), its paired
+        bootstrap standard error, and whether the gain exceeds ``min_gain_se`` of them."""
+        gain = paired_weighted_bootstrap(statistic, baseline, n_queries,
                                          samples=START_BOOTSTRAP_SAMPLES, seed=self.config.seed)
-        required = self.config.start_min_gain_se * gain["standard_error"]
+        required = min_gain_se * gain["standard_error"]
         return {"gain": gain["difference"], "standard_error": gain["standard_error"],
                 "required": required, "kept": bool(gain["difference"] > required)}
 
@@ -407,13 +424,15 @@ class CapsatTrainer:
         """Validate the current network with every weight of the grid and apply the one of
         lowest log-loss (the first, smallest, of equals). Returns (each weight's log-loss,
         the chosen weight's validation record)."""
-        tried, records = [], []
+        tried, records, validations = [], [], []
         for beta in self._difficulty_grid():
             self._apply_difficulty_weight(beta)
             records.append(self._timed("validation_encoder", self.validate, "encoder"))
+            validations.append(self.last_validation)
             tried.append({"difficulty_weight": beta, "val_log_loss": records[-1]["val_log_loss"]})
         best = min(range(len(tried)), key=lambda i: tried[i]["val_log_loss"])
         self._apply_difficulty_weight(tried[best]["difficulty_weight"])
+        self.last_validation = validations[best]  # the network as it now stands
         return tried, records[best]
 
     def _repicks_difficulty(self) -> bool:
@@ -440,6 +459,7 @@ class CapsatTrainer:
             if beta != before:
                 kept = {"step": self.best["step"], "stage": self.best["stage"], **record}
                 self.best["score"] = self.selection_score(kept)
+                self.best_validation = self.last_validation
                 self.router.model_card_table = validation_card(kept)
                 self._timed("save_best", self.save_best)
             unwrapped.load_trainable_state(current)
@@ -495,6 +515,11 @@ class CapsatTrainer:
                           str(tmp / WEIGHTS_FILE))
                 if self.best_state is not None:
                     save_file(self.best_state, str(tmp / BEST_WEIGHTS_FILE))
+                if self.best_validation is not None:
+                    probs, scores = self.best_validation
+                    save_file({"probabilities": torch.from_numpy(np.ascontiguousarray(probs)),
+                               "scores": torch.from_numpy(np.ascontiguousarray(scores))},
+                              str(tmp / BEST_VALIDATION_FILE))
                 tensors, groups = self._optimizer_tensors()
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
                 state = {"step": self.step, "best": self.best, "history": self.history,
@@ -525,6 +550,9 @@ class CapsatTrainer:
             load_file(str(path / WEIGHTS_FILE)))
         if (path / BEST_WEIGHTS_FILE).exists():
             self.best_state = load_file(str(path / BEST_WEIGHTS_FILE))
+        if (path / BEST_VALIDATION_FILE).exists():
+            kept = load_file(str(path / BEST_VALIDATION_FILE))
+            self.best_validation = (kept["probabilities"].numpy(), kept["scores"].numpy())
         tensors = load_file(str(path / OPTIMIZER_FILE))
         per_param: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -603,9 +631,14 @@ class CapsatTrainer:
             record.update(self._timed(f"validation_{stage}", self.validate, stage))
             score = self.selection_score(record)
             record["selection_score"] = score
-            if score > self.best["score"] + self._required_gain(stage):
+            margin = self._margin_over_kept()
+            if margin is not None:
+                record["margin_over_kept"] = margin
+            if (score > self.best["score"] + self._required_gain(stage)
+                    and (margin is None or margin["kept"])):
                 self.best = {"score": score, "step": self.step, "stage": stage}
                 self.router.model_card_table = validation_card(record)
+                self.best_validation = self.last_validation
                 improved = [True]
         # Every process keeps the same best state: the llm stage starts from it everywhere.
         if broadcast_object_list(improved)[0]:
@@ -613,6 +646,19 @@ class CapsatTrainer:
             if self.accelerator.is_main_process:
                 self._timed("save_best", self.save_best)
         self.accelerator.wait_for_everyone()
+
+    def _margin_over_kept(self) -> dict | None:
+        """With ``checkpoint_min_gain_se``: whether the router just validated beats the one
+        kept so far by that many paired bootstrap standard errors of the selection score over
+        the validation queries (None: the rule is off, or nothing is kept yet)."""
+        if not self.config.checkpoint_min_gain_se or self.best_validation is None:
+            return None
+        if self.last_validation is None:
+            raise RuntimeError("checkpoint_min_gain_se: validate() recorded no probabilities")
+        (probs, scores), (kept, kept_scores) = self.last_validation, self.best_validation
+        return self._paired_margin(self.selection_statistic(probs, scores),
+                                   self.selection_statistic(kept, kept_scores), len(probs),
+                                   self.config.checkpoint_min_gain_se)
 
     def _required_gain(self, stage: str) -> float:
         """How much an llm-stage router must beat one kept from the encoder stage by."""
