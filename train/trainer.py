@@ -36,8 +36,7 @@ query AUC by default; one of the llm stage must beat the encoder stage's by
 ``llm_min_gain_queries`` validation queries; with ``checkpoint_min_gain_se`` any step must
 beat the kept router by that many paired bootstrap standard errors over the validation
 queries, so a start that routes like the per-task best model is not traded for noise); one
-kept from the encoder stage (gate 0) is
-saved without the LLM, which adds nothing. Steps draw their samples from a generator seeded
+kept from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw their samples from a generator seeded
 by (seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one.
 Checkpoints are safetensors + JSON folders written atomically.
 """
@@ -515,8 +514,8 @@ class CapsatTrainer:
                           str(tmp / WEIGHTS_FILE))
                 if self.best_state is not None:
                     save_file(self.best_state, str(tmp / BEST_WEIGHTS_FILE))
-                if self.best_validation is not None:
-                    probs, scores = self.best_validation
+                if self.config.checkpoint_min_gain_se and self.best_validation is not None:
+                    probs, scores = self.best_validation  # only the rule reads them
                     save_file({"probabilities": torch.from_numpy(np.ascontiguousarray(probs)),
                                "scores": torch.from_numpy(np.ascontiguousarray(scores))},
                               str(tmp / BEST_VALIDATION_FILE))
