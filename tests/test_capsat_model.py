@@ -450,6 +450,38 @@ def test_a_labelled_instruction_reads_its_own_task(data):
                                blind.predict_proba(Queries(texts)), atol=1e-6)
 
 
+def test_the_start_can_shrink_a_task_residual_toward_the_overall_one(data):
+    """With start_prior_shrink s, the untrained router's answer on a labelled query is the
+    pool's success on the task (the candidate left out) plus the candidate's residual there,
+    shrunk toward its overall residual by s pseudo-counts, worked by hand from the bank; a
+    huge s ranks the candidates of every query of a task alike, by overall residual."""
+    from capsat.routers import Queries
+
+    s = 5.0
+    texts, tasks = data.validation.texts[:6], data.validation.tasks[:6]
+    queries = Queries(texts, tasks=tasks)
+    probs = _encoder_only(data, start_prior_shrink=s).predict_proba(queries)
+    bank = data.bank
+    success = bank.pool_success()
+    level = bank.task_means(success, len(data.tasks))
+    has = ~np.isnan(bank.outcomes)
+    residual = np.where(has, bank.outcomes - success, 0.0)
+    overall = residual.sum(axis=1) / has.sum(axis=1)
+    expected = np.zeros_like(probs)
+    for i, task in enumerate(tasks):
+        t = data.tasks.index(task)
+        on_task = has & (bank.tasks == t)[None]
+        shrunk = ((residual * on_task).sum(axis=1) + s * overall) / (on_task.sum(axis=1) + s)
+        expected[i] = level[:, t] + shrunk
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    assert np.abs(probs - _encoder_only(data).predict_proba(queries)).max() > 1e-3
+    flat = _encoder_only(data, start_prior_shrink=1e6).predict_proba(queries)
+    np.testing.assert_allclose(flat - level[:, [data.tasks.index(t) for t in tasks]].T,
+                               np.broadcast_to(overall, flat.shape), atol=1e-3)
+    with pytest.raises(ValueError, match="start_prior_shrink"):
+        dataclasses.replace(SMALL, start_prior_shrink=-1.0)
+
+
 def test_the_direct_logit_can_start_at_a_knn_shrunk_toward_the_task(data):
     """With start_knn k, the untrained router's answer is (outcomes of the candidate's k
     evidence items most similar to the instruction + w x its accuracy on the task) / (k + w),

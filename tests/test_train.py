@@ -321,11 +321,12 @@ def test_validation_models_are_read_only_from_their_aptitude_answers(small_data_
 
 
 def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, tmp_path):
-    """Before step 0 every (start_knn, weight) of the grids is scored on validation, then the
-    weight on the query's difficulty by validation log-loss; the best is the start of
-    training, recorded at step 0, saved with the router and restored on resume."""
+    """Before step 0 every (shrink, start_knn, weight) of the grids is scored on validation,
+    then the weight on the query's difficulty by validation log-loss; the best is the start
+    of training, recorded at step 0, saved with the router and restored on resume."""
     grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
-                 start_knn_weight_grid=[1.0, 4.0], start_difficulty_grid=[2.0, 0.0, 1.0],
+                 start_knn_weight_grid=[1.0, 4.0], start_prior_shrink_grid=[50.0, 0.0],
+                 start_difficulty_grid=[2.0, 0.0, 1.0],
                  max_validation_queries=40, repick_difficulty_after_encoder=False,
                  pick_difficulty_before_training=True, start_min_gain_se=0.0)
     trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
@@ -333,20 +334,21 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     start = result["start"]
     assert "difficulty_after_encoder" not in start
     tried = start["tried"]
-    assert [(t["start_knn"], t["start_knn_weight"]) for t in tried] == [
-        (0, 4.0), (3, 1.0), (3, 4.0), (8, 1.0), (8, 4.0)]
+    starts = [(0, 4.0), (3, 1.0), (3, 4.0), (8, 1.0), (8, 4.0)]
+    assert [(t["start_prior_shrink"], t["start_knn"], t["start_knn_weight"]) for t in tried] == [
+        (shrink, k, w) for shrink in (0.0, 50.0) for k, w in starts]
     best = max(tried, key=lambda t: t["score"])
-    assert (start["start_knn"], start["start_knn_weight"]) == (best["start_knn"],
-                                                               best["start_knn_weight"])
+    keys = ("start_knn", "start_knn_weight", "start_prior_shrink")
+    assert {k: start[k] for k in keys} == {k: best[k] for k in keys}
     assert len({round(t["score"], 9) for t in tried}) > 1  # the start matters
+    assert {round(t["score"], 9) for t in tried[:5]} != {round(t["score"], 9) for t in tried[5:]}
     # The difficulty weight: tried in order, the lowest log-loss kept; it moves calibration.
     by_loss = start["difficulty_tried"]
     assert [t["difficulty_weight"] for t in by_loss] == [0.0, 1.0, 2.0]
     beta = min(by_loss, key=lambda t: t["val_log_loss"])["difficulty_weight"]
     assert start["difficulty_weight"] == beta
     assert len({round(t["val_log_loss"], 9) for t in by_loss}) == 3
-    chosen = {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
-              "difficulty_weight": beta}
+    chosen = {**{k: best[k] for k in keys}, "difficulty_weight": beta}
     assert trainer.history[0]["start"] == chosen
     saved = json.loads((tmp_path / "best" / "config.json").read_text())
     assert {k: saved[k] for k in chosen} == chosen
@@ -354,6 +356,8 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     again.load_checkpoint(again.latest_checkpoint())
     encoder = again.accelerator.unwrap_model(again.network).encoder
     assert again.router.config.start_knn == best["start_knn"] == encoder.start_knn
+    assert (again.router.config.start_prior_shrink == best["start_prior_shrink"]
+            == encoder.start_prior_shrink)
     assert again.router.config.difficulty_weight == beta == encoder.difficulty_weight
 
 
@@ -378,7 +382,8 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     assert start["start_knn"] == best["start_knn"]
     # The score as a function of query weights is the selection score at weights of one, and
     # a resample's weights move it.
-    trainer._apply_start(best["start_knn"], best["start_knn_weight"])
+    trainer._apply_start(best["start_knn"], best["start_knn_weight"],
+                         best["start_prior_shrink"])
     record = trainer.validate("encoder")
     probs, scores = trainer.validation_probabilities("encoder")
     statistic = trainer.selection_statistic(probs, scores)
@@ -417,7 +422,7 @@ def test_the_start_can_be_picked_on_loss_queries_left_out_of_the_bank(small_data
         start = trainer.choose_start()
         assert start["selected_on"].startswith("train")
         assert [t["start_knn"] for t in start["tried"]] == [0, 1]
-        trainer._apply_start(1, 1e-3)
+        trainer._apply_start(1, 1e-3, 0.0)
         probs, scores = trainer.start_probabilities()
         raw = data.bank.outcomes[:len(data.train_models)]
         outcomes = np.nan_to_num(raw, nan=0.0)

@@ -78,6 +78,10 @@ class TrainConfig:
                                            "best through many neighbours")
     start_knn_weight_grid: list[float] = help_field([2.0, 8.0, 32.0], "values of the model's "
                                                     "start_knn_weight tried with each")
+    start_prior_shrink_grid: list[float] = help_field([], "values of the model's "
+                                                      "start_prior_shrink tried with every "
+                                                      "start of those grids (empty: the model "
+                                                      "config's)")
     start_min_gain_se: float = help_field(1.0, "a start that reads the nearest evidence "
                                           "items (start_knn > 0) replaces the per-task prior "
                                           "(start_knn 0) only when its selection score is "
@@ -181,6 +185,9 @@ class TrainConfig:
                              f"{self.validation_evidence!r}")
         if any(int(k) < 0 for k in self.start_knn_grid):
             raise ValueError(f"start_knn_grid must hold integers >= 0, got {self.start_knn_grid}")
+        if any(float(s) < 0 for s in self.start_prior_shrink_grid):
+            raise ValueError(f"start_prior_shrink_grid must hold values >= 0, got "
+                             f"{self.start_prior_shrink_grid}")
         if any(float(w) <= 0 for w in self.start_knn_weight_grid):
             raise ValueError(f"start_knn_weight_grid must hold values > 0, got "
                              f"{self.start_knn_weight_grid}")

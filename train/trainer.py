@@ -20,7 +20,8 @@ right: the comparison routing makes), IRT (sigmoid(a_q . theta_m - b_q)), and th
 cross-entropy.
 
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
-prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` by
+prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` (x
+``start_prior_shrink_grid``: how far the prior's per-task accuracy shrinks) by
 ``select_on``, on validation or (``start_queries: train``) on loss queries each read against
 the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
 bootstrap standard errors over those queries. The start's weight on the query's
@@ -359,28 +360,34 @@ class CapsatTrainer:
         queries left out of the bank), from the grids (the untrained encoder's answer is that
         start). Every process computes the same choice."""
         c, model = self.config, self.router.config
-        if not c.start_knn_grid:
-            chosen = {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
-                      "selected_on": "config"}
+        shrinks = (sorted({float(s) for s in c.start_prior_shrink_grid})
+                   or [model.start_prior_shrink])
+        if not c.start_knn_grid and len(shrinks) == 1:
+            self._apply_start(model.start_knn, model.start_knn_weight, shrinks[0])
+            chosen = {**self._start_fields(), "selected_on": "config"}
             return {**chosen, **self.choose_difficulty_weight()}
+        knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         tried, statistics = [], []
-        for k in sorted({int(k) for k in c.start_knn_grid}):
-            for w in ([model.start_knn_weight] if k == 0 else
-                      sorted({float(w) for w in c.start_knn_weight_grid})):
-                self._apply_start(k, w)
-                probs, scores = self._start_probabilities()
-                statistics.append(self.selection_statistic(probs, scores))
-                tried.append({"start_knn": k, "start_knn_weight": w,
-                              "score": statistics[-1](np.ones(len(probs)))})
+        for shrink in shrinks:
+            for k in knn_grid:
+                for w in ([model.start_knn_weight] if k == 0 or not c.start_knn_weight_grid
+                          else sorted({float(w) for w in c.start_knn_weight_grid})):
+                    self._apply_start(k, w, shrink)
+                    probs, scores = self._start_probabilities()
+                    statistics.append(self.selection_statistic(probs, scores))
+                    tried.append({**self._start_fields(),
+                                  "score": statistics[-1](np.ones(len(probs)))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
-        prior = next((i for i, t in enumerate(tried) if t["start_knn"] == 0), None)
+        # The prior: the best start that reads no nearest items (whatever its shrink).
+        priors = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
+        prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
         margin = (None if prior is None or prior == best
                   else self._start_margin(statistics[best], statistics[prior], len(probs)))
         if margin is not None and not margin["kept"]:
             best = prior
         best = tried[best]
-        self._apply_start(best["start_knn"], best["start_knn_weight"])
-        return {"start_knn": best["start_knn"], "start_knn_weight": best["start_knn_weight"],
+        self._apply_start(best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"])
+        return {**self._start_fields(),
                 "selected_on": ("validation" if c.start_queries == "validation" else
                                 f"train ({len(self.start_rows)} loss queries out of the bank)"),
                 "tried": tried,
@@ -469,10 +476,17 @@ class CapsatTrainer:
         self.start["difficulty_after_encoder"] = choice
         return choice
 
-    def _apply_start(self, k: int, weight: float) -> None:
+    def _apply_start(self, k: int, weight: float, shrink: float) -> None:
         encoder = self.accelerator.unwrap_model(self.network).encoder
-        encoder.start_knn, encoder.start_knn_weight = int(k), float(weight)
-        self.router.config.start_knn, self.router.config.start_knn_weight = int(k), float(weight)
+        for target in (encoder, self.router.config):
+            target.start_knn, target.start_knn_weight = int(k), float(weight)
+            target.start_prior_shrink = float(shrink)
+
+    def _start_fields(self) -> dict:
+        """The start as it is applied now (what step 0 records and checkpoints restore)."""
+        model = self.router.config
+        return {"start_knn": model.start_knn, "start_knn_weight": model.start_knn_weight,
+                "start_prior_shrink": model.start_prior_shrink}
 
     def _apply_difficulty_weight(self, beta: float) -> None:
         self.accelerator.unwrap_model(self.network).encoder.difficulty_weight = float(beta)
@@ -562,7 +576,8 @@ class CapsatTrainer:
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.timing = dict(state["timing"])
         self.start = state["start"]
-        self._apply_start(self.start["start_knn"], self.start["start_knn_weight"])
+        self._apply_start(self.start["start_knn"], self.start["start_knn_weight"],
+                          self.start["start_prior_shrink"])
         self._apply_difficulty_weight(self.start["difficulty_weight"])
 
     def save_best(self) -> None:
@@ -703,8 +718,9 @@ class CapsatTrainer:
             # beat (and the first estimate of what a validation costs).
             self.start = self.choose_start()
             record = {"step": 0, "stage": "initial", "seconds": 0.0,
-                      "start": {k: self.start[k] for k in ("start_knn", "start_knn_weight",
-                                                           "difficulty_weight")}}
+                      "start": {k: self.start[k] for k in (
+                          "start_knn", "start_knn_weight", "start_prior_shrink",
+                          "difficulty_weight")}}
             self._validate_and_keep_best(record, "encoder")
             self._log(record, log_path)
         bar = tqdm(total=total, initial=self.step, desc="training CapSAT", unit="step",

@@ -23,7 +23,8 @@ class CapsatConfig(RouterConfig):
     """Architecture of a CapSAT router. Saved as ``config.json``; every field is required on
     load, except those added since v3.2, which a router saved before them never used."""
 
-    behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0}
+    behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0,
+                                        "start_prior_shrink": 0.0}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
@@ -47,6 +48,13 @@ class CapsatConfig(RouterConfig):
                                 "per-task accuracy alone); training picks it on validation")
     start_knn_weight: float = help_field(4.0, "pseudo-count of the per-task accuracy in that "
                                          "start")
+    start_prior_shrink: float = help_field(0.0, "the start's per-task accuracy: 0, the "
+                                           "candidate's on the task shrunk toward its overall "
+                                           "accuracy by 2 pseudo-counts; > 0, the pool's "
+                                           "success on the task plus the candidate's residual "
+                                           "there shrunk toward its overall residual by this "
+                                           "many (a new model's 10 items per task then say "
+                                           "little; training picks it on validation)")
     difficulty_k: int = help_field(20, "the encoder reads the query's difficulty: the "
                                    "training pool's success on its this many most similar "
                                    "bank items, against its task's (the same for every "
@@ -87,6 +95,9 @@ class CapsatConfig(RouterConfig):
                      "predict_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CapsatConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.start_prior_shrink < 0:
+            raise ValueError(f"CapsatConfig.start_prior_shrink must be >= 0, got "
+                             f"{self.start_prior_shrink}")
         if self.start_knn_weight <= 0:
             raise ValueError(f"CapsatConfig.start_knn_weight must be > 0, got "
                              f"{self.start_knn_weight}")

@@ -30,7 +30,9 @@ An MLP turns these into the candidate's capability vector: the connector maps it
 tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
 which starts at logit((outcomes of the ``start_knn`` most similar items + w x accuracy on the
 instruction's task) / (start_knn + w)): a kNN shrunk toward the per-task prior (with
-``start_knn`` 0, the per-task prior; training picks both on validation), plus
+``start_knn`` 0, the per-task prior; training picks both on validation; with
+``start_prior_shrink`` that accuracy is the pool's on the task plus the candidate's residual
+shrunk toward its overall one, so a few items per task say little), plus
 ``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
 for every candidate, so it changes routing little; training picks it on validation
 log-loss).
@@ -134,17 +136,40 @@ def task_statistics(evidence: Evidence, n_tasks: int) -> torch.Tensor:
                         torch.log1p(count)], dim=-1)
 
 
+def residual_prior(evidence: Evidence, n_tasks: int, shrink: float) -> torch.Tensor:
+    """(M, T) per candidate and task: the pool's success on the task plus the candidate's
+    residual there (outcome minus the pool's success), shrunk toward its overall residual by
+    ``shrink`` pseudo-counts. A model read from 10 aptitude items per task is mostly its
+    overall standing, while each task keeps its difficulty; a bank of hundreds per task
+    barely moves."""
+    mask = evidence.mask.float()
+    one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()  # (N, T)
+    count = mask @ one_hot
+    residual = ((evidence.outcomes - evidence.pool_success) * mask) @ one_hot
+    overall = summaries(evidence)[:, 1:2]
+    level = evidence.task_success
+    if level is None:  # the pool's success per task over every item scored together
+        items = one_hot.sum(dim=0)
+        level = torch.where(items > 0, (evidence.pool_success @ one_hot) / items.clamp_min(1),
+                            torch.full_like(count, 0.5))
+    return (level + (residual + shrink * overall) / (count + shrink)).clamp(EPS, 1 - EPS)
+
+
 class EvidenceEncoder(nn.Module):
     def __init__(self, embedding_dim: int, n_tasks: int, *, heads: int = 4, head_dim: int = 32,
                  cosine_heads: int = 2, knn_ks: tuple[int, ...] = (10, 40), hidden: int = 128,
                  capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1,
-                 start_knn: int = 0, start_knn_weight: float = 4.0, difficulty_k: int = 0,
+                 start_knn: int = 0, start_knn_weight: float = 4.0,
+                 start_prior_shrink: float = 0.0, difficulty_k: int = 0,
                  difficulty_weight: float = 0.0):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
         #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
         #: evidence items, shrunk toward the per-task accuracy (0: the per-task accuracy).
         self.start_knn, self.start_knn_weight = int(start_knn), float(start_knn_weight)
+        #: The per-task accuracy the start shrinks toward (0: ``task_statistics``'s; > 0:
+        #: ``residual_prior`` with this many pseudo-counts).
+        self.start_prior_shrink = float(start_prior_shrink)
         self.cosine_heads, self.knn_ks = cosine_heads, tuple(int(k) for k in knn_ks)
         #: The query's difficulty: the pool's success on its ``difficulty_k`` most similar
         #: items, an input of the MLP (0: off) and, times ``difficulty_weight``, of the start.
@@ -294,7 +319,9 @@ class EvidenceEncoder(nn.Module):
             parts.append(difficulty[..., None])
         capability = self.mlp(torch.cat(parts, dim=-1))
         w = self.start_knn_weight
-        begin = (start[..., 0] + w * by_task[..., 0]) / (start[..., 1] + w)
+        task_prior = by_task[..., 0] if not self.start_prior_shrink else posterior @ \
+            residual_prior(evidence, self.n_tasks, self.start_prior_shrink).T
+        begin = (start[..., 0] + w * task_prior) / (start[..., 1] + w)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
         if difficulty is not None and self.difficulty_weight:
             prior = prior + self.difficulty_weight * difficulty

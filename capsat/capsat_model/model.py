@@ -106,7 +106,8 @@ class CapsatNetwork(nn.Module):
             knn_ks=tuple(config.encoder_knn), hidden=config.encoder_hidden,
             capability_dim=config.capability_dim, irt_dim=config.irt_dim,
             dropout=config.encoder_dropout, start_knn=config.start_knn,
-            start_knn_weight=config.start_knn_weight, difficulty_k=config.difficulty_k,
+            start_knn_weight=config.start_knn_weight,
+            start_prior_shrink=config.start_prior_shrink, difficulty_k=config.difficulty_k,
             difficulty_weight=config.difficulty_weight)
         self.llm = None
         self.lora_targets: list[str] = []
