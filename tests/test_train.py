@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,7 +25,7 @@ from capsat.routers import Router
 from data_builders.splits import make_split
 from train.cli import parse
 from train.config import TrainConfig
-from train.data import prepare
+from train.data import prepare, validation_items
 from train.trainer import START_BATCH, CapsatTrainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -219,6 +220,33 @@ def test_training_lowers_the_loss_and_moves_validation(small_data_path, tiny_bas
     assert initial["step"] == 0 and final["step"] == 40
     assert final["val_log_loss"] != initial["val_log_loss"]
     assert final["val_auc"] != initial["val_auc"]
+
+
+def test_sampled_validation_evidence_reads_other_items_as_many_per_task(small_data_path,
+                                                                       tiny_base, tmp_path):
+    """validation_evidence 'sampled' reads each fitted model from as many bank items per task
+    as the aptitude test has, none of them a core item (those were chosen on these models),
+    all scored by every fitted model, the same draw for a seed; validation and the start
+    read them and nothing else."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "s", use_llm=False,
+                       validation_evidence="sampled", task_label_share=1.0)
+    data, items = trainer.data, trainer.validation_items
+    assert TrainConfig(validation_evidence="sampled").validates_as_onboarded
+    assert not set(items) & set(data.aptitude.item_ids) and len(set(items)) == len(items)
+    row = {q: i for i, q in enumerate(data.bank.item_ids)}
+    per_task = pd.Series([data.tasks[data.bank.tasks[row[q]]] for q in items]).value_counts()
+    assert per_task.to_dict() == {t: len(ids) for t, ids in data.aptitude.items.items()}
+    scored = data.bank.outcomes[:len(data.train_models), [row[q] for q in items]]
+    assert not np.isnan(scored).any()
+    assert items == validation_items(data, "sampled", trainer.config.seed)
+    assert items != validation_items(data, "sampled", trainer.config.seed + 1)
+    onboarded = _trainer(small_data_path, tiny_base, tmp_path / "a", use_llm=False,
+                         validation_evidence="aptitude", task_label_share=1.0)
+    assert onboarded.validation_items == sorted(data.aptitude.item_ids)
+    assert abs(trainer.validate("encoder")["val_auc"]
+               - onboarded.validate("encoder")["val_auc"]) > 1e-4
+    with pytest.raises(ValueError, match="sampled"):
+        TrainConfig(split="family", validation_evidence="sampled", validation_model_share=0.3)
 
 
 def test_validation_as_onboarded_starts_at_the_aptitude_prior(small_data_path, tiny_base,

@@ -11,7 +11,7 @@ from capsat.routers.base import help_field
 from data_builders.splits import MODEL_SPLITS, SPLIT_KINDS
 
 SELECTIONS = ("routing", "auc")
-VALIDATION_EVIDENCE = ("bank", "aptitude", "split")
+VALIDATION_EVIDENCE = ("bank", "aptitude", "sampled", "split")
 START_QUERIES = ("validation", "train")
 
 
@@ -127,9 +127,13 @@ class TrainConfig:
     validation_evidence: str = help_field("split", "what the training models read at "
                                           "validation: 'bank' (their whole train outcomes, "
                                           "as known models), 'aptitude' (only their aptitude "
-                                          "items, as a new model onboarded from its test) or "
-                                          "'split' (aptitude for the model and family splits, "
-                                          "which judge onboarded models; bank otherwise)")
+                                          "items, as a new model onboarded from its test), "
+                                          "'sampled' (as many items per task as the test, "
+                                          "drawn from their other bank items: the core items "
+                                          "were chosen on these very models, so they read them "
+                                          "sharper than a new model) or 'split' (aptitude for "
+                                          "the model and family splits, which judge onboarded "
+                                          "models; bank otherwise)")
     validation_model_share: float = help_field(0.0, "model and family splits: this seeded "
                                                "share of the train models (whole families "
                                                "for split=family) is left out of fitting "
@@ -169,11 +173,16 @@ class TrainConfig:
     progress: bool = help_field(True, "show progress bars")
 
     @property
-    def validates_as_onboarded(self) -> bool:
-        """Whether validation reads the training models' aptitude items only."""
+    def validation_reads(self) -> str:
+        """What the training models read at validation: 'bank', 'aptitude' or 'sampled'."""
         if self.validation_evidence == "split":
-            return self.split in MODEL_SPLITS
-        return self.validation_evidence == "aptitude"
+            return "aptitude" if self.split in MODEL_SPLITS else "bank"
+        return self.validation_evidence
+
+    @property
+    def validates_as_onboarded(self) -> bool:
+        """Whether validation reads the training models from a few items each, as new ones."""
+        return self.validation_reads != "bank"
 
     def __post_init__(self):
         if self.split not in SPLIT_KINDS:
@@ -183,6 +192,10 @@ class TrainConfig:
         if self.validation_evidence not in VALIDATION_EVIDENCE:
             raise ValueError(f"validation_evidence must be one of {VALIDATION_EVIDENCE}, got "
                              f"{self.validation_evidence!r}")
+        if self.validation_evidence == "sampled" and self.validation_model_share > 0:
+            raise ValueError("validation_evidence 'sampled' reads fitted models from bank items; "
+                             "validation models (validation_model_share > 0) have only their "
+                             "aptitude answers")
         if any(int(k) < 0 for k in self.start_knn_grid):
             raise ValueError(f"start_knn_grid must hold integers >= 0, got {self.start_knn_grid}")
         if any(float(s) < 0 for s in self.start_prior_shrink_grid):

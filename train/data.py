@@ -67,6 +67,34 @@ class TrainingData:
                 "core_items": len(self.aptitude.item_ids)}
 
 
+def validation_items(data: TrainingData, reads: str, seed: int) -> list[str] | None:
+    """The bank items the fitted models are read from at validation (``reads``, as
+    ``TrainConfig.validation_reads``): None for the whole bank, the core items, or ('sampled')
+    as many items per task, drawn (seeded) from the other bank items every fitted model has
+    a score on. The core items were chosen for agreeing with these very models' abilities,
+    so they read them sharper than they read a model new to them."""
+    if reads == "bank":
+        return None
+    if reads == "aptitude":
+        return sorted(data.aptitude.item_ids)
+    if reads != "sampled":
+        raise ValueError(f"unknown validation evidence {reads!r}")
+    bank, core = data.bank, data.aptitude.item_ids
+    scored = ~np.isnan(bank.outcomes[:len(data.train_models)]).any(axis=0)
+    rng = np.random.default_rng([seed, 5])
+    items = []
+    for task, ids in sorted(data.aptitude.items.items()):
+        t = data.tasks.index(task)
+        pool = [i for i in np.flatnonzero(scored & (bank.tasks == t))
+                if bank.item_ids[i] not in core]
+        if len(pool) < len(ids):
+            raise ValueError(f"validation_evidence 'sampled': task {task!r} has {len(pool)} "
+                             f"bank items outside the aptitude test, fewer than its {len(ids)} "
+                             f"core items")
+        items += [bank.item_ids[i] for i in rng.choice(pool, len(ids), replace=False)]
+    return sorted(items)
+
+
 def prices(table: OutcomeTable, train_ids) -> dict[str, dict]:
     """Per-model price: the model card's per-token prices, or the mean train cost per call."""
     out = {}

@@ -66,7 +66,7 @@ from capsat.routers.provenance import Provenance
 from data_builders.atomic import atomic_folder
 
 from .config import TrainConfig
-from .data import TrainingData
+from .data import TrainingData, validation_items
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -172,6 +172,8 @@ class CapsatTrainer:
         keep = (np.random.default_rng([config.seed, 2]).random(len(data.validation))
                 < self.task_label_share)
         self.validation_tasks = [t if k else None for t, k in zip(data.validation.tasks, keep)]
+        #: The bank items the fitted models are read from at validation (None: all of them).
+        self.validation_items = validation_items(data, config.validation_reads, config.seed)
         #: The direct logit's start, chosen before step 0 (``choose_start``).
         self.start: dict | None = None
         #: With ``start_queries`` 'train': the loss queries the start is picked on (bank rows)
@@ -285,8 +287,8 @@ class CapsatTrainer:
         ``task_label_share`` of the queries with their task label, the rest without, as
         training reads them (both uses of the router count). The models are the validation
         models, read from their aptitude answers, or every fitted model reading its whole
-        bank or, with ``validates_as_onboarded``, only its aptitude items (through the LLM in
-        the llm stage; the encoder's answer before it)."""
+        bank or only ``validation_items`` (its aptitude items, or as many sampled ones; through
+        the LLM in the llm stage, the encoder's answer before it)."""
         router, validation = self.router, self.data.validation
         models = list(validation.models)  # the validation models, or the fitted ones
         router.network = self.accelerator.unwrap_model(self.network)
@@ -296,8 +298,7 @@ class CapsatTrainer:
                           embeddings=self.data.validation_embeddings)
         # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
         router.read_through_llm = stage == "llm"
-        if self.config.validates_as_onboarded:
-            router.evidence_items = sorted(self.data.aptitude.item_ids)
+        router.evidence_items = self.validation_items
         try:
             probs = router.predict_proba(queries, models)
         finally:
@@ -325,15 +326,14 @@ class CapsatTrainer:
         """(P(right), scores) of the encoder's answer on the ``start_rows`` loss queries x the
         fitted models, each ``START_BATCH`` of them read against the bank without themselves
         and their same-text twins (leave-batch-out, as a test query is never in the bank), the
-        models reading what validation reads (their whole bank, or their aptitude items
-        with ``validates_as_onboarded``)."""
+        models reading what validation reads (their whole bank, or ``validation_items``)."""
         data, rows = self.data, self.start_rows
         network = self.accelerator.unwrap_model(self.network)
         network.eval()
         mask = self.observed.clone()
-        if self.config.validates_as_onboarded:
-            aptitude = np.isin(np.asarray(data.bank.item_ids), sorted(data.aptitude.item_ids))
-            mask &= torch.from_numpy(aptitude)[None]
+        if self.validation_items is not None:
+            read = np.isin(np.asarray(data.bank.item_ids), self.validation_items)
+            mask &= torch.from_numpy(read)[None]
         probs = np.zeros((len(rows), len(data.train_models)))
         size = START_BATCH
         with torch.no_grad():
