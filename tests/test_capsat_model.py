@@ -454,7 +454,8 @@ def test_the_start_can_shrink_a_task_residual_toward_the_overall_one(data):
     """With start_prior_shrink s, the untrained router's answer on a labelled query is the
     pool's success on the task (the candidate left out) plus the candidate's residual there,
     shrunk toward its overall residual by s pseudo-counts, worked by hand from the bank; a
-    huge s ranks the candidates of every query of a task alike, by overall residual."""
+    huge s ranks the candidates of every query of a task alike, by overall residual; a kNN
+    start adds its items' residuals, shrunk toward that."""
     from capsat.routers import Queries
 
     s = 5.0
@@ -478,6 +479,19 @@ def test_the_start_can_shrink_a_task_residual_toward_the_overall_one(data):
     flat = _encoder_only(data, start_prior_shrink=1e6).predict_proba(queries)
     np.testing.assert_allclose(flat - level[:, [data.tasks.index(t) for t in tasks]].T,
                                np.broadcast_to(overall, flat.shape), atol=1e-3)
+    # With a kNN start too: the k most similar items' residuals, shrunk toward that.
+    k, w = 4, 3.0
+    knn = _encoder_only(data, start_prior_shrink=s, start_knn=k, start_knn_weight=w)
+    cosine = knn.embed(Queries(texts)).astype(np.float32) @ bank.embeddings.T
+    for j in range(bank.n_candidates):
+        items = np.flatnonzero(has[j])
+        for i, task in enumerate(tasks):
+            top = items[np.argsort(-cosine[i, items], kind="stable")[:k]]
+            t = data.tasks.index(task)
+            on_task = has[j] & (bank.tasks == t)
+            shrunk = (residual[j, on_task].sum() + s * overall[j]) / (on_task.sum() + s)
+            expected[i, j] = level[j, t] + (residual[j, top].sum() + w * shrunk) / (k + w)
+    np.testing.assert_allclose(knn.predict_proba(queries), expected, atol=1e-4)
     with pytest.raises(ValueError, match="start_prior_shrink"):
         dataclasses.replace(SMALL, start_prior_shrink=-1.0)
 

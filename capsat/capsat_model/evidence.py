@@ -31,8 +31,9 @@ tokens for the LLM, and a linear read-out (zero at the start) corrects the direc
 which starts at logit((outcomes of the ``start_knn`` most similar items + w x accuracy on the
 instruction's task) / (start_knn + w)): a kNN shrunk toward the per-task prior (with
 ``start_knn`` 0, the per-task prior; training picks both on validation; with
-``start_prior_shrink`` that accuracy is the pool's on the task plus the candidate's residual
-shrunk toward its overall one, so a few items per task say little), plus
+``start_prior_shrink`` the same in residuals: the pool's success on the task plus the kNN's
+residual shrunk toward the candidate's residual on the task, itself shrunk toward its overall
+one, so a few items per task say little and every task keeps its level), plus
 ``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
 for every candidate, so it changes routing little; training picks it on validation
 log-loss).
@@ -136,12 +137,13 @@ def task_statistics(evidence: Evidence, n_tasks: int) -> torch.Tensor:
                         torch.log1p(count)], dim=-1)
 
 
-def residual_prior(evidence: Evidence, n_tasks: int, shrink: float) -> torch.Tensor:
-    """(M, T) per candidate and task: the pool's success on the task plus the candidate's
-    residual there (outcome minus the pool's success), shrunk toward its overall residual by
-    ``shrink`` pseudo-counts. A model read from 10 aptitude items per task is mostly its
-    overall standing, while each task keeps its difficulty; a bank of hundreds per task
-    barely moves."""
+def residual_prior(evidence: Evidence, n_tasks: int, shrink: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(level, residual), each (M, T) per candidate and task: the pool's success on the task,
+    and the candidate's residual there (outcome minus the pool's success) shrunk toward its
+    overall residual by ``shrink`` pseudo-counts. Their sum is a per-task accuracy that, for a
+    model read from 10 aptitude items per task, is mostly its overall standing while each task
+    keeps its difficulty; a bank of hundreds per task barely moves."""
     mask = evidence.mask.float()
     one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()  # (N, T)
     count = mask @ one_hot
@@ -152,7 +154,7 @@ def residual_prior(evidence: Evidence, n_tasks: int, shrink: float) -> torch.Ten
         items = one_hot.sum(dim=0)
         level = torch.where(items > 0, (evidence.pool_success @ one_hot) / items.clamp_min(1),
                             torch.full_like(count, 0.5))
-    return (level + (residual + shrink * overall) / (count + shrink)).clamp(EPS, 1 - EPS)
+    return level, (residual + shrink * overall) / (count + shrink)
 
 
 class EvidenceEncoder(nn.Module):
@@ -224,8 +226,9 @@ class EvidenceEncoder(nn.Module):
     def _read(self, scores: torch.Tensor, cosine: torch.Tensor, evidence: Evidence
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per candidate, what the heads and the hard kNN read from its evidence:
-        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2), start (B, M, 2): the sum of the
-        outcomes of the ``start_knn`` most similar items and how many there are).
+        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2), start (B, M, 3): the sums of the
+        outcomes and of the residuals of the ``start_knn`` most similar items, and how many
+        there are).
 
         Candidates with the same items (every known model of a complete data set) share one
         softmax and one top-k: the cost is per distinct item set, not per candidate."""
@@ -233,7 +236,7 @@ class EvidenceEncoder(nn.Module):
         m = evidence.n_candidates
         pooled = scores.new_zeros(batch, m, heads, POOLED_PER_HEAD)
         knn = scores.new_zeros(batch, m, len(self.knn_ks) * KNN_FEATURES)
-        start = scores.new_zeros(batch, m, 2)
+        start = scores.new_zeros(batch, m, 3)
         overall = summaries(evidence)[:, 0]
         sets, group_of = torch.unique(evidence.mask, dim=0, return_inverse=True)
         for g in range(len(sets)):
@@ -262,6 +265,7 @@ class EvidenceEncoder(nn.Module):
                 k = min(self.start_knn, k_max)
                 start[:, rows, 0] = y_top[..., :k].sum(-1).T
                 start[:, rows, 1] = float(k)
+                start[:, rows, 2] = r_top[..., :k].sum(-1).T
         return pooled, knn, start
 
     def task_posterior(self, task_logits: torch.Tensor,
@@ -319,9 +323,12 @@ class EvidenceEncoder(nn.Module):
             parts.append(difficulty[..., None])
         capability = self.mlp(torch.cat(parts, dim=-1))
         w = self.start_knn_weight
-        task_prior = by_task[..., 0] if not self.start_prior_shrink else posterior @ \
-            residual_prior(evidence, self.n_tasks, self.start_prior_shrink).T
-        begin = (start[..., 0] + w * task_prior) / (start[..., 1] + w)
+        if self.start_prior_shrink:  # in residuals over the pool: each task keeps its level
+            level, residual = residual_prior(evidence, self.n_tasks, self.start_prior_shrink)
+            begin = posterior @ level.T + (start[..., 2] + w * posterior @ residual.T) / (
+                start[..., 1] + w)
+        else:
+            begin = (start[..., 0] + w * by_task[..., 0]) / (start[..., 1] + w)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
         if difficulty is not None and self.difficulty_weight:
             prior = prior + self.difficulty_weight * difficulty
