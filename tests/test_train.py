@@ -353,7 +353,7 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     then the weight on the query's difficulty by validation log-loss; the best is the start
     of training, recorded at step 0, saved with the router and restored on resume."""
     grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, start_knn_grid=[0, 3, 8],
-                 start_knn_weight_grid=[1.0, 4.0], start_prior_shrink_grid=[50.0, 0.0],
+                 start_knn_weight_grid=[1.0, 6.0], start_prior_shrink_grid=[50.0, 0.0],
                  start_difficulty_grid=[2.0, 0.0, 1.0],
                  max_validation_queries=40, repick_difficulty_after_encoder=False,
                  pick_difficulty_before_training=True, start_min_gain_se=0.0)
@@ -362,7 +362,7 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     start = result["start"]
     assert "difficulty_after_encoder" not in start
     tried = start["tried"]
-    starts = [(0, 4.0), (3, 1.0), (3, 4.0), (8, 1.0), (8, 4.0)]
+    starts = [(0, 4.0), (3, 1.0), (3, 6.0), (8, 1.0), (8, 6.0)]  # k = 0: the config's weight
     assert [(t["start_prior_shrink"], t["start_knn"], t["start_knn_weight"]) for t in tried] == [
         (shrink, k, w) for shrink in (0.0, 50.0) for k, w in starts]
     best = max(tried, key=lambda t: t["score"])

@@ -367,10 +367,11 @@ class CapsatTrainer:
             chosen = {**self._start_fields(), "selected_on": "config"}
             return {**chosen, **self.choose_difficulty_weight()}
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
+        base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
         tried, statistics = [], []
         for shrink in shrinks:
             for k in knn_grid:
-                for w in ([model.start_knn_weight] if k == 0 or not c.start_knn_weight_grid
+                for w in ([base_weight] if k == 0 or not c.start_knn_weight_grid
                           else sorted({float(w) for w in c.start_knn_weight_grid})):
                     self._apply_start(k, w, shrink)
                     probs, scores = self._start_probabilities()
