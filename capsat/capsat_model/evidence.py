@@ -123,14 +123,20 @@ def summaries(evidence: Evidence) -> torch.Tensor:
     return torch.stack([accuracy, residual, torch.log(count)], dim=1)
 
 
+def _task_sums(evidence: Evidence, n_tasks: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items' task one-hot (N, T), then per candidate and task (M, T): count, outcomes
+    summed, residuals (outcome minus the pool's success) summed) over its evidence."""
+    mask = evidence.mask.float()
+    one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()
+    return (one_hot, mask @ one_hot, (evidence.outcomes * mask) @ one_hot,
+            ((evidence.outcomes - evidence.pool_success) * mask) @ one_hot)
+
+
 def task_statistics(evidence: Evidence, n_tasks: int) -> torch.Tensor:
     """(M, T, 3) per candidate and task: accuracy shrunk toward the candidate's overall
     accuracy (``PRIOR_WEIGHT`` pseudo-counts), mean residual shrunk toward 0, log(1 + count)."""
-    mask = evidence.mask.float()
-    one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()  # (N, T)
-    count = mask @ one_hot
-    right = (evidence.outcomes * mask) @ one_hot
-    residual = ((evidence.outcomes - evidence.pool_success) * mask) @ one_hot
+    one_hot, count, right, residual = _task_sums(evidence, n_tasks)
     overall = summaries(evidence)[:, :1]
     w = PRIOR_WEIGHT
     return torch.stack([(right + w * overall) / (count + w), residual / (count + w),
@@ -144,10 +150,7 @@ def residual_prior(evidence: Evidence, n_tasks: int, shrink: float
     overall residual by ``shrink`` pseudo-counts. Their sum is a per-task accuracy that, for a
     model read from 10 aptitude items per task, is mostly its overall standing while each task
     keeps its difficulty; a bank of hundreds per task barely moves."""
-    mask = evidence.mask.float()
-    one_hot = nn.functional.one_hot(evidence.tasks.clamp_min(0), n_tasks).float()  # (N, T)
-    count = mask @ one_hot
-    residual = ((evidence.outcomes - evidence.pool_success) * mask) @ one_hot
+    one_hot, count, _, residual = _task_sums(evidence, n_tasks)
     overall = summaries(evidence)[:, 1:2]
     level = evidence.task_success
     if level is None:  # the pool's success per task over every item scored together
