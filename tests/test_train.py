@@ -160,6 +160,39 @@ def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, 
         assert not torch.allclose(evidence.pool_success[row], everyone)
 
 
+def test_a_pool_can_leave_out_a_model_s_whole_family(small_data_path, tiny_base, tmp_path):
+    """With pool groups (``pool_without_family``), a training model's pool leaves out every
+    model of its group, a pseudo-model's both parents' groups, and an onboarded model joins a
+    group of its own; the groups survive save and load. Only split=family takes the option."""
+    from capsat.capsat_model.bank import EvidenceBank
+
+    with pytest.raises(ValueError, match="pool_without_family"):
+        TrainConfig(split="query", pool_without_family=True)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, split="family",
+                       held_out=["gemma"], pool_without_family=True)
+    bank, models = trainer.data.bank, trainer.data.train_models
+    assert bank.pool_groups is not None and len(set(bank.pool_groups)) == len(models)
+    torch.testing.assert_close(trainer.pool_loo[0],
+                               torch.from_numpy(bank.pool_success_without([0])).float())
+    # Two models of one group: each is read against the pool without both.
+    grouped = EvidenceBank(bank.item_ids, bank.embeddings, bank.tasks, bank.pool_sum,
+                           bank.pool_count, bank.outcomes, bank.trained,
+                           np.array([0, 0] + list(range(1, len(models) - 1))))
+    others = np.nanmean(bank.outcomes[2:], axis=0)
+    np.testing.assert_allclose(grouped.pool_success_without([0]), others)
+    np.testing.assert_allclose(grouped.pool_success()[1], others)
+    np.testing.assert_allclose(grouped.pool_success()[2], bank.pool_success_without([2]))
+    assert not np.allclose(others, bank.pool_success_without([0]))
+    grouped.add({bank.item_ids[0]: 1.0})
+    assert grouped.pool_groups[-1] not in grouped.pool_groups[:-1]
+    loaded = EvidenceBank.from_arrays(grouped.item_ids, grouped.arrays())
+    np.testing.assert_array_equal(loaded.pool_groups, grouped.pool_groups)
+    assert EvidenceBank.from_arrays(bank.item_ids, bank.arrays()).pool_groups is not None
+    plain = _trainer(small_data_path, tiny_base, tmp_path / "plain", split="family",
+                     held_out=["gemma"]).data.bank
+    assert plain.pool_groups is None and "pool_groups" not in plain.arrays()
+
+
 def test_stages_train_their_own_parts(small_data_path, tiny_base, tmp_path):
     trainer = _trainer(small_data_path, tiny_base, tmp_path, encoder_steps=2, llm_steps=1)
     before = trainer.router.network.trainable_state()

@@ -146,6 +146,13 @@ class TrainConfig:
                                                "the held-out families worse on five MMLU-Pro "
                                                "family splits: bench/results/capsat_v33/"
                                                "validation_models)")
+    pool_without_family: bool = help_field(False, "split=family: each training model is "
+                                           "read against a pool without its whole family (in "
+                                           "training steps, at validation and in the saved "
+                                           "router), as a held-out family is read against a "
+                                           "pool with none of its kin (false: without itself "
+                                           "only, so a sibling's outcomes sharpen its "
+                                           "residuals and the query's difficulty)")
     llm_min_gain_queries: float = help_field(1.0, "a router of the llm stage replaces one "
                                              "kept from the encoder stage only when its "
                                              "selection score is higher by at least this "
@@ -196,6 +203,9 @@ class TrainConfig:
             raise ValueError("validation_evidence 'sampled' reads fitted models from bank items; "
                              "validation models (validation_model_share > 0) have only their "
                              "aptitude answers")
+        if self.pool_without_family and self.split != "family":
+            raise ValueError(f"pool_without_family is for split='family', not "
+                             f"split={self.split!r}")
         if any(int(k) < 0 for k in self.start_knn_grid):
             raise ValueError(f"start_knn_grid must hold integers >= 0, got {self.start_knn_grid}")
         if any(float(s) < 0 for s in self.start_prior_shrink_grid):

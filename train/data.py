@@ -24,7 +24,8 @@ from data_builders.aptitude import AptitudeItem, AptitudeTest, aptitude_items
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.experiment import prepare_experiment
 from data_builders.outcomes import OutcomeTable
-from data_builders.splits import Split, normalise_text, sample_ids, validation_models
+from data_builders.splits import (Split, model_family, normalise_text, sample_ids,
+                                  validation_models)
 
 from .config import TrainConfig
 
@@ -144,10 +145,14 @@ def prepare(config: TrainConfig, *, encoder: str = DEFAULT_ENCODER,
     embedder = Embedder(encoder, progress=progress)
     embeddings = embedder.encode(train.texts, desc="embedding the evidence bank")
     scores = train.scores.to_numpy(dtype=float)
+    families = None
+    if config.pool_without_family:  # a model's pool leaves out its family, as a new family's
+        names = sorted({model_family(m) for m in train.models})
+        families = np.array([names.index(model_family(m)) for m in train.models])
     bank = EvidenceBank(train.query_ids, embeddings,
                         np.array([tasks.index(t) for t in train.tasks], dtype=np.int64),
                         np.nansum(scores, axis=1), (~np.isnan(scores)).sum(axis=1).astype(float),
-                        scores.T.copy(), np.ones(len(train.models), dtype=bool))
+                        scores.T.copy(), np.ones(len(train.models), dtype=bool), families)
     core = set(aptitude.item_ids)
     candidates = [i for i, q in enumerate(train.query_ids) if q not in core]
     loss_rows = np.array(sample_ids(candidates, config.max_train_queries, config.seed),

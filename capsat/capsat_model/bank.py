@@ -4,7 +4,9 @@ Items are the training queries (their sentence embeddings and tasks, and how the
 pool scored them); each candidate has its outcomes on the items it answered: every item for
 a model it was trained on, the aptitude items for one it onboarded. A candidate's evidence is
 its answered items. The pool's success on an item counts the *training* models only, leaving
-the candidate's own outcome out (so a known model's evidence reads like a new one's).
+the candidate's own outcome out (so a known model's evidence reads like a new one's), and,
+with ``pool_groups``, its whole group's (a router trained to onboard whole new model
+families reads a known model against a pool without its siblings, as it reads a new family).
 
 Saved as ``evidence.safetensors`` (embeddings in float16, outcomes with NaN where a
 candidate has no outcome) and the item ids in the registry.
@@ -31,6 +33,9 @@ class EvidenceBank:
     pool_count: np.ndarray  # (N,) how many training models have a score on it
     outcomes: np.ndarray  # (M, N) float64, NaN = not in this candidate's evidence
     trained: np.ndarray  # (M,) bool: the candidate is one of the training models
+    #: (M,) int: a candidate's pool leaves out every training model of its group (its model
+    #: family); None: only itself.
+    pool_groups: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.item_ids)
@@ -40,6 +45,11 @@ class EvidenceBank:
                                  f"{n} items")
         if self.outcomes.shape[1] != n or len(self.trained) != len(self.outcomes):
             raise ValueError("EvidenceBank outcomes must be (candidates, items)")
+        if self.pool_groups is not None:
+            self.pool_groups = np.asarray(self.pool_groups, dtype=np.int64)
+            if self.pool_groups.shape != (len(self.outcomes),):
+                raise ValueError(f"EvidenceBank.pool_groups has shape {self.pool_groups.shape} "
+                                 f"for {len(self.outcomes)} candidates")
         # Stored in float16: held that way in memory too, so a loaded router scores exactly
         # as the one that was saved.
         self.embeddings = np.asarray(self.embeddings, dtype=np.float16).astype(np.float32)
@@ -51,8 +61,11 @@ class EvidenceBank:
 
     def pool_success_without(self, models: Sequence[int]) -> np.ndarray:
         """(N,) the training pool's mean score on each item with the training models among
-        ``models`` (bank rows) left out (prior 0.5 where nothing is left)."""
-        rows = np.asarray(models)
+        ``models`` (bank rows), and those of their ``pool_groups``, left out (prior 0.5 where
+        nothing is left)."""
+        rows = np.asarray(models, dtype=np.int64)
+        if self.pool_groups is not None and len(rows):
+            rows = np.flatnonzero(np.isin(self.pool_groups, self.pool_groups[rows]))
         seen = self.trained[rows, None] & ~np.isnan(self.outcomes[rows])
         drop = np.where(seen, self.outcomes[rows], 0.0).sum(axis=0)
         count = self.pool_count - seen.sum(axis=0)
@@ -127,6 +140,8 @@ class EvidenceBank:
             row[self.index[q]] = float(value)
         self.outcomes = np.vstack([self.outcomes, row])
         self.trained = np.append(self.trained, trained)
+        if self.pool_groups is not None:  # a group of its own
+            self.pool_groups = np.append(self.pool_groups, self.pool_groups.max(initial=-1) + 1)
 
     def replace(self, row: int, results: dict[str, float]) -> None:
         if self.trained[row]:
@@ -143,7 +158,9 @@ class EvidenceBank:
                 "pool_sum": torch.from_numpy(self.pool_sum.astype(np.float64)),
                 "pool_count": torch.from_numpy(self.pool_count.astype(np.float64)),
                 "outcomes": torch.from_numpy(self.outcomes.astype(np.float32)),
-                "trained": torch.from_numpy(self.trained.astype(np.int64))}
+                "trained": torch.from_numpy(self.trained.astype(np.int64)),
+                **({} if self.pool_groups is None else
+                   {"pool_groups": torch.from_numpy(self.pool_groups.astype(np.int64))})}
 
     @classmethod
     def from_arrays(cls, item_ids: list[str], arrays: dict[str, torch.Tensor],
@@ -155,4 +172,5 @@ class EvidenceBank:
         return cls(list(item_ids), arrays["item_embeddings"].float().numpy(),
                    arrays["item_tasks"].numpy(), arrays["pool_sum"].numpy(),
                    arrays["pool_count"].numpy(), arrays["outcomes"].double().numpy(),
-                   arrays["trained"].numpy().astype(bool))
+                   arrays["trained"].numpy().astype(bool),
+                   arrays["pool_groups"].numpy() if "pool_groups" in arrays else None)
