@@ -162,8 +162,7 @@ def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, 
 
 def test_a_pool_can_leave_out_a_model_s_whole_family(small_data_path, tiny_base, tmp_path):
     """With pool groups (``pool_without_family``), a training model's pool leaves out every
-    model of its group, a pseudo-model's both parents' groups, and an onboarded model joins a
-    group of its own; the groups survive save and load. Only split=family takes the option."""
+    model of its group, and an onboarded model joins a group of its own; the groups survive save and load. Only split=family takes the option."""
     from capsat.capsat_model.bank import EvidenceBank
 
     with pytest.raises(ValueError, match="pool_without_family"):

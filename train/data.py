@@ -24,7 +24,7 @@ from data_builders.aptitude import AptitudeItem, AptitudeTest, aptitude_items
 from data_builders.embeddings import DEFAULT_ENCODER, Embedder
 from data_builders.experiment import prepare_experiment
 from data_builders.outcomes import OutcomeTable
-from data_builders.splits import (Split, model_family, normalise_text, sample_ids,
+from data_builders.splits import (Split, model_families, normalise_text, sample_ids,
                                   validation_models)
 
 from .config import TrainConfig
@@ -147,8 +147,9 @@ def prepare(config: TrainConfig, *, encoder: str = DEFAULT_ENCODER,
     scores = train.scores.to_numpy(dtype=float)
     families = None
     if config.pool_without_family:  # a model's pool leaves out its family, as a new family's
-        names = sorted({model_family(m) for m in train.models})
-        families = np.array([names.index(model_family(m)) for m in train.models])
+        group = {m: g for g, kin in enumerate(model_families(train.models).values())
+                 for m in kin}
+        families = np.array([group[m] for m in train.models])
     bank = EvidenceBank(train.query_ids, embeddings,
                         np.array([tasks.index(t) for t in train.tasks], dtype=np.int64),
                         np.nansum(scores, axis=1), (~np.isnan(scores)).sum(axis=1).astype(float),
