@@ -463,6 +463,38 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     assert encoder.start_knn == 0 == strict.router.config.start_knn
 
 
+def test_the_start_can_be_picked_on_its_own_criterion(small_data_path, tiny_base, tmp_path):
+    """start_select_on scores every start of the grids by that criterion (log-loss or pooled
+    AUC of the start's validation probabilities) instead of the checkpoints' routing score,
+    and keeps the best by it; checkpoints are still chosen on select_on."""
+    grids = dict(use_llm=False, encoder_steps=0, llm_steps=0, start_knn_grid=[0, 3, 8],
+                 start_knn_weight_grid=[1.0], start_prior_shrink_grid=[0.0, 20.0],
+                 start_difficulty_grid=[0.0], max_validation_queries=40,
+                 repick_difficulty_after_encoder=False, start_min_gain_se=0.0)
+    chosen, scored = {}, {}
+    for on in ("log_loss", "auc"):
+        trainer = _trainer(small_data_path, tiny_base, tmp_path / on, start_select_on=on,
+                           **grids)
+        start = trainer.choose_start()
+        assert start["criterion"] == on
+        for t in start["tried"]:
+            trainer._apply_start(t["start_knn"], t["start_knn_weight"], t["start_prior_shrink"])
+            probs, scores = trainer.validation_probabilities("encoder")
+            expected = (-M.log_loss(probs, scores) if on == "log_loss"
+                        else M.auc(probs, scores))
+            assert t["score"] == pytest.approx(expected)
+        best = max(start["tried"], key=lambda t: t["score"])
+        chosen[on] = (best["start_knn"], best["start_prior_shrink"])
+        assert (start["start_knn"], start["start_prior_shrink"]) == chosen[on]
+        assert trainer.selection_score({"val_routed_accuracy": .5, "val_query_auc": .25}) == .75
+        scored[on] = [round(t["score"], 9) for t in start["tried"]]
+    routing = _trainer(small_data_path, tiny_base, tmp_path / "routing", **grids).choose_start()
+    assert routing["criterion"] == "routing"
+    assert [round(t["score"], 9) for t in routing["tried"]] not in scored.values()
+    with pytest.raises(ValueError, match="start_select_on"):
+        TrainConfig(start_select_on="accuracy")
+
+
 def test_the_start_can_be_picked_on_loss_queries_left_out_of_the_bank(small_data_path,
                                                                       tiny_base, tmp_path):
     """With start_queries 'train' the start is picked on a seeded sample of loss queries, each

@@ -11,6 +11,8 @@ from capsat.routers.base import help_field
 from data_builders.splits import MODEL_SPLITS, SPLIT_KINDS
 
 SELECTIONS = ("routing", "auc")
+#: What the start may be picked on: the checkpoints' criterion, or one of its own.
+START_SELECTIONS = ("select_on", *SELECTIONS, "log_loss")
 VALIDATION_EVIDENCE = ("bank", "aptitude", "sampled", "split")
 START_QUERIES = ("validation", "train")
 
@@ -91,6 +93,13 @@ class TrainConfig:
                                           "models, and a held-out family unlike them reads "
                                           "the prior better than a start that validation "
                                           "barely preferred")
+    start_select_on: str = help_field("select_on", "what the start is picked on: "
+                                      "'select_on' (the checkpoints' criterion), "
+                                      "'routing', 'auc' (pooled) or 'log_loss'; routing "
+                                      "compares the candidates of each query and cannot see "
+                                      "a start that loses each task's level, which pooled "
+                                      "AUC and log-loss count (the margin over the prior, "
+                                      "start_min_gain_se, is then in that criterion)")
     start_queries: str = help_field("validation", "where the start is picked: "
                                     "'validation' (the validation queries) or 'train' (up "
                                     "to start_train_queries loss queries, read in batches "
@@ -217,6 +226,9 @@ class TrainConfig:
         if any(float(b) < 0 for b in self.start_difficulty_grid):
             raise ValueError(f"start_difficulty_grid must hold values >= 0, got "
                              f"{self.start_difficulty_grid}")
+        if self.start_select_on not in START_SELECTIONS:
+            raise ValueError(f"start_select_on must be one of {START_SELECTIONS}, got "
+                             f"{self.start_select_on!r}")
         if self.start_queries not in START_QUERIES:
             raise ValueError(f"start_queries must be one of {START_QUERIES}, got "
                              f"{self.start_queries!r}")

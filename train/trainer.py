@@ -22,7 +22,7 @@ cross-entropy.
 Before step 0, the direct logit's start (a kNN over the evidence shrunk toward the per-task
 prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` (x
 ``start_prior_shrink_grid``: how far the prior's per-task accuracy shrinks) by
-``select_on``, on validation or (``start_queries: train``) on loss queries each read against
+``start_select_on`` (``select_on`` unless set), on validation or (``start_queries: train``) on loss queries each read against
 the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
 bootstrap standard errors over those queries. The start's weight on the query's
 difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
@@ -356,7 +356,7 @@ class CapsatTrainer:
 
     def choose_start(self) -> dict:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
-        that scores best by ``select_on`` on the ``start_queries`` (validation, or loss
+        that scores best by ``start_select_on`` on the ``start_queries`` (validation, or loss
         queries left out of the bank), from the grids (the untrained encoder's answer is that
         start). Every process computes the same choice."""
         c, model = self.config, self.router.config
@@ -369,13 +369,14 @@ class CapsatTrainer:
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
         tried, statistics = [], []
+        start_on = None if c.start_select_on == "select_on" else c.start_select_on
         for shrink in shrinks:
             for k in knn_grid:
                 for w in ([base_weight] if k == 0 or not c.start_knn_weight_grid
                           else sorted({float(w) for w in c.start_knn_weight_grid})):
                     self._apply_start(k, w, shrink)
                     probs, scores = self._start_probabilities()
-                    statistics.append(self.selection_statistic(probs, scores))
+                    statistics.append(self.selection_statistic(probs, scores, start_on))
                     tried.append({**self._start_fields(),
                                   "score": statistics[-1](np.ones(len(probs)))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
@@ -391,6 +392,7 @@ class CapsatTrainer:
         return {**self._start_fields(),
                 "selected_on": ("validation" if c.start_queries == "validation" else
                                 f"train ({len(self.start_rows)} loss queries out of the bank)"),
+                "criterion": start_on or c.select_on,
                 "tried": tried,
                 **({"margin_over_prior": margin} if margin is not None else {}),
                 **self.choose_difficulty_weight()}
@@ -498,11 +500,17 @@ class CapsatTrainer:
             return record["val_auc"]
         return record["val_routed_accuracy"] + record["val_query_auc"]
 
-    def selection_statistic(self, probs: np.ndarray, scores: np.ndarray):
-        """``selection_score`` of these validation probabilities as a function of query
-        weights (a bootstrap resample's multiplicities; ones: the score itself)."""
-        if self.config.select_on == "auc":
+    def selection_statistic(self, probs: np.ndarray, scores: np.ndarray,
+                            on: str | None = None):
+        """``selection_score`` (or the criterion ``on``: 'routing', 'auc', 'log_loss', higher
+        is better) of these validation probabilities as a function of query weights (a
+        bootstrap resample's multiplicities; ones: the score itself)."""
+        on = on or self.config.select_on
+        if on == "auc":
             return WeightedPooledAuc(probs, scores >= M.CORRECT_AT)
+        if on == "log_loss":
+            losses = M.pair_log_losses(probs, scores).mean(axis=1)  # per query
+            return lambda weights: float(-(weights * losses).sum() / weights.sum())
         routed = scores[np.arange(len(scores)), M.chosen(probs)]
         query_auc = M.query_aucs(probs, scores)
         mixed = np.isfinite(query_auc)

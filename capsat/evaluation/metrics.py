@@ -151,9 +151,13 @@ def query_auc(probs, scores, **_):
 @register_metric("log_loss", "cross-entropy of P(correct) against the (graded) score, per pair",
                  higher_is_better=False, column="logloss")
 def log_loss(probs, scores, **_):
-    p = np.clip(probs.ravel(), EPS, 1 - EPS)
-    y = scores.ravel()
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(pair_log_losses(probs, scores).mean())
+
+
+def pair_log_losses(probs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The cross-entropy of every (query, candidate) pair, graded scores as soft targets."""
+    p = np.clip(probs, EPS, 1 - EPS)
+    return -(scores * np.log(p) + (1 - scores) * np.log(1 - p))
 
 
 @register_metric("ece", "expected calibration error, 10 equal-width bins over (query, model) "
