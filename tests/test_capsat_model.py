@@ -525,6 +525,45 @@ def test_the_direct_logit_can_start_at_a_knn_shrunk_toward_the_task(data):
         Queries(texts, tasks=tasks))).max() > 1e-3
 
 
+def test_an_onboarded_model_has_a_start_of_its_own(data, tmp_path):
+    """With onboarded_start, a candidate read from a few items (one onboarded from its
+    aptitude answers, or any read from ``evidence_items`` only) starts as that start says,
+    and a known model as the known start says, each worked out by the router with that start
+    alone; the start is saved and loaded with the router."""
+    from capsat.routers import Queries
+
+    queries = Queries(data.validation.texts[:6], tasks=data.validation.tasks[:6])
+    core = sorted(data.aptitude.item_ids)
+    bank = data.bank
+    results = {q: float(bank.outcomes[0, bank.index[q]]) for q in core}
+    known = dict(start_knn=5, start_knn_weight=3.0)
+    routers = {}
+    for name, overrides in (("both", dict(known, onboarded_start=[0, 2.0, 5.0])),
+                            ("known", known),
+                            ("onboarded", dict(start_knn=0, start_knn_weight=2.0,
+                                               start_prior_shrink=5.0))):
+        own = dataclasses.replace(data, bank=copy.deepcopy(data.bank))  # onboarding adds a row
+        routers[name] = _encoder_only(own, **overrides)
+        routers[name].onboard("newcomer", results)
+    probs = {name: r.predict_proba(queries) for name, r in routers.items()}
+    m = len(data.train_models)
+    np.testing.assert_allclose(probs["both"][:, :m], probs["known"][:, :m], atol=1e-6)
+    np.testing.assert_allclose(probs["both"][:, m], probs["onboarded"][:, m], atol=1e-6)
+    assert np.abs(probs["known"][:, m] - probs["onboarded"][:, m]).max() > 1e-3
+    # Every candidate read from its core items only is read as onboarded.
+    for r in routers.values():
+        r.evidence_items = core
+    np.testing.assert_allclose(routers["both"].predict_proba(queries),
+                               routers["onboarded"].predict_proba(queries), atol=1e-6)
+    routers["both"].evidence_items = None
+    routers["both"].save_pretrained(tmp_path / "r")
+    again = CapsatRouter.from_pretrained(tmp_path / "r")
+    assert again.config.onboarded_start == [0, 2.0, 5.0]
+    np.testing.assert_allclose(again.predict_proba(queries), probs["both"], atol=1e-6)
+    with pytest.raises(ValueError, match="onboarded_start"):
+        dataclasses.replace(SMALL, onboarded_start=[3, 0.0, 1.0])
+
+
 def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data):
     """With difficulty_weight b, the untrained router's logit moves by b x (logit of the
     pool's success on the query's k most similar bank items, shrunk toward its task's, minus

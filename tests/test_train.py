@@ -463,6 +463,51 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     assert encoder.start_knn == 0 == strict.router.config.start_knn
 
 
+def test_onboarded_candidates_get_a_start_picked_as_they_are_read(small_data_path, tiny_base,
+                                                                   tmp_path):
+    """With validation on the banks (a query split) and onboarded_start_evidence 'sampled',
+    the onboarded start is picked from the grids on validation that reads every training
+    model from the sampled items only (each start's score is that validation's), applied to
+    the candidates a step reads from a sample, and saved with the router; a model split,
+    validated as onboarded already, picks one start for all."""
+    grids = dict(use_llm=False, encoder_steps=2, llm_steps=0, start_knn_grid=[0, 3],
+                 start_knn_weight_grid=[2.0], start_prior_shrink_grid=[0.0],
+                 onboarded_start_evidence="sampled", onboarded_start_shrink_grid=[4.0, 40.0],
+                 start_difficulty_grid=[0.0], max_validation_queries=40,
+                 repick_difficulty_after_encoder=False, start_min_gain_se=0.0)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "query", **grids)
+    result = trainer.train()
+    onboarded = result["start"]["onboarded"]
+    assert onboarded["reads"] == "sampled"
+    assert [(t["start_prior_shrink"], t["start_knn"]) for t in onboarded["tried"]] == [
+        (4.0, 0), (4.0, 3), (40.0, 0), (40.0, 3)]
+    best = max(onboarded["tried"], key=lambda t: t["score"])
+    chosen = [best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"]]
+    assert onboarded["onboarded_start"] == chosen == trainer.router.config.onboarded_start
+    sampled = validation_items(trainer.data, "sampled", trainer.config.seed)
+    for t in onboarded["tried"]:
+        trainer._apply_onboarded_start(t["start_knn"], t["start_knn_weight"],
+                                       t["start_prior_shrink"])
+        probs, scores = trainer.validation_probabilities("encoder", sampled)
+        assert t["score"] == pytest.approx(trainer.selection_statistic(probs, scores)(
+            np.ones(len(probs))))
+    assert len({round(t["score"], 9) for t in onboarded["tried"]}) > 1
+    saved = json.loads((tmp_path / "query" / "best" / "config.json").read_text())
+    assert saved["onboarded_start"] == chosen
+    # In a step, the candidates that read the whole pool are known; the others onboarded.
+    _, pool, evidence, _ = trainer.sample(0)
+    flags = evidence.onboarded.numpy()
+    assert flags.any() and not flags.all()
+    m = len(trainer.data.train_models)
+    for j in np.flatnonzero(~flags[:m]):
+        assert torch.equal(evidence.mask[j], trainer.observed[j, pool])
+    model_split = _trainer(small_data_path, tiny_base, tmp_path / "model", split="model",
+                           **grids).choose_start()
+    assert "onboarded" not in model_split
+    with pytest.raises(ValueError, match="onboarded_start_evidence"):
+        TrainConfig(onboarded_start_evidence="bank")
+
+
 def test_the_start_can_be_picked_on_its_own_criterion(small_data_path, tiny_base, tmp_path):
     """start_select_on scores every start of the grids by that criterion (log-loss or pooled
     AUC of the start's validation probabilities) instead of the checkpoints' routing score,

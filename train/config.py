@@ -15,6 +15,7 @@ SELECTIONS = ("routing", "auc")
 START_SELECTIONS = ("select_on", *SELECTIONS, "log_loss")
 VALIDATION_EVIDENCE = ("bank", "aptitude", "sampled", "split")
 START_QUERIES = ("validation", "train")
+ONBOARDED_START_EVIDENCE = ("none", "sampled", "aptitude")
 
 
 @dataclass
@@ -100,6 +101,19 @@ class TrainConfig:
                                       "a start that loses each task's level, which pooled "
                                       "AUC and log-loss count (the margin over the prior, "
                                       "start_min_gain_se, is then in that criterion)")
+    onboarded_start_evidence: str = help_field("none", "with validation on the training "
+                                               "models' banks (a query split): also pick the "
+                                               "start of onboarded candidates (a new model "
+                                               "read from its aptitude answers), on "
+                                               "validation that reads the training models "
+                                               "from 'sampled' (as many non-core bank items "
+                                               "per task as the aptitude test has) or "
+                                               "'aptitude' (their core items) items only; "
+                                               "'none': onboarded models start as known ones")
+    onboarded_start_shrink_grid: list[float] = help_field([2.0, 8.0, 32.0, 128.0], "values of "
+                                                          "start_prior_shrink tried for the "
+                                                          "onboarded start (with the start_knn "
+                                                          "and weight grids)")
     start_queries: str = help_field("validation", "where the start is picked: "
                                     "'validation' (the validation queries) or 'train' (up "
                                     "to start_train_queries loss queries, read in batches "
@@ -229,6 +243,15 @@ class TrainConfig:
         if self.start_select_on not in START_SELECTIONS:
             raise ValueError(f"start_select_on must be one of {START_SELECTIONS}, got "
                              f"{self.start_select_on!r}")
+        if self.onboarded_start_evidence not in ONBOARDED_START_EVIDENCE:
+            raise ValueError(f"onboarded_start_evidence must be one of "
+                             f"{ONBOARDED_START_EVIDENCE}, got "
+                             f"{self.onboarded_start_evidence!r}")
+        if self.onboarded_start_evidence != "none" and (
+                not self.onboarded_start_shrink_grid
+                or any(float(s) < 0 for s in self.onboarded_start_shrink_grid)):
+            raise ValueError(f"onboarded_start_shrink_grid must hold values >= 0, got "
+                             f"{self.onboarded_start_shrink_grid}")
         if self.start_queries not in START_QUERIES:
             raise ValueError(f"start_queries must be one of {START_QUERIES}, got "
                              f"{self.start_queries!r}")

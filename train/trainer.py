@@ -234,7 +234,7 @@ class CapsatTrainer:
                                         replace=False)] = True
             mask[j] &= torch.from_numpy(keep)
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
-                            mask, task_success)
+                            mask, task_success, torch.from_numpy(aptitude_mode))
         return rows, pool, evidence, labels
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
@@ -282,13 +282,15 @@ class CapsatTrainer:
                 "val_log_loss": M.log_loss(probs, scores),
                 "val_routed_accuracy": M.routed_accuracy(probs, scores)}
 
-    def validation_probabilities(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    def validation_probabilities(self, stage: str, items: list[str] | None | str = "config"
+                                 ) -> tuple[np.ndarray, np.ndarray]:
         """(P(right), scores), validation queries x the validation table's models: a
         ``task_label_share`` of the queries with their task label, the rest without, as
         training reads them (both uses of the router count). The models are the validation
         models, read from their aptitude answers, or every fitted model reading its whole
         bank or only ``validation_items`` (its aptitude items, or as many sampled ones; through
-        the LLM in the llm stage, the encoder's answer before it)."""
+        the LLM in the llm stage, the encoder's answer before it); ``items``: other bank items
+        to read them from ('config': ``validation_items``)."""
         router, validation = self.router, self.data.validation
         models = list(validation.models)  # the validation models, or the fitted ones
         router.network = self.accelerator.unwrap_model(self.network)
@@ -298,7 +300,7 @@ class CapsatTrainer:
                           embeddings=self.data.validation_embeddings)
         # In the encoder stage the gate is 0: the encoder's answer is the router's, no LLM pass.
         router.read_through_llm = stage == "llm"
-        router.evidence_items = self.validation_items
+        router.evidence_items = self.validation_items if items == "config" else items
         try:
             probs = router.predict_proba(queries, models)
         finally:
@@ -335,6 +337,7 @@ class CapsatTrainer:
             read = np.isin(np.asarray(data.bank.item_ids), self.validation_items)
             mask &= torch.from_numpy(read)[None]
         probs = np.zeros((len(rows), len(data.train_models)))
+        onboarded = torch.full((len(data.train_models),), self.validation_items is not None)
         size = START_BATCH
         with torch.no_grad():
             for begin in range(0, len(rows), size):
@@ -343,7 +346,8 @@ class CapsatTrainer:
                 pool = torch.from_numpy(np.flatnonzero(~own))
                 evidence = Evidence(self.embeddings[pool], self.item_tasks[pool],
                                     self.outcomes[:, pool], self.pool_loo[:, pool],
-                                    mask[:, pool], self.task_success).to(self.device)
+                                    mask[:, pool], self.task_success,
+                                    onboarded).to(self.device)
                 out = network(self.embeddings[batch].to(self.device), evidence, None,
                               self.start_tasks[begin:begin + size].to(self.device))
                 probs[begin:begin + size] = torch.sigmoid(out.logits).double().cpu().numpy()
@@ -358,14 +362,32 @@ class CapsatTrainer:
         """Before training: the direct logit's start (``start_knn``, ``start_knn_weight``)
         that scores best by ``start_select_on`` on the ``start_queries`` (validation, or loss
         queries left out of the bank), from the grids (the untrained encoder's answer is that
-        start). Every process computes the same choice."""
+        start), then the onboarded candidates' own (``choose_onboarded_start``). Every process
+        computes the same choice."""
         c, model = self.config, self.router.config
         shrinks = (sorted({float(s) for s in c.start_prior_shrink_grid})
                    or [model.start_prior_shrink])
         if not c.start_knn_grid and len(shrinks) == 1:
             self._apply_start(model.start_knn, model.start_knn_weight, shrinks[0])
             chosen = {**self._start_fields(), "selected_on": "config"}
-            return {**chosen, **self.choose_difficulty_weight()}
+        else:
+            best, searched = self._search_starts(shrinks, self._start_probabilities,
+                                                 self._apply_start)
+            self._apply_start(best["start_knn"], best["start_knn_weight"],
+                              best["start_prior_shrink"])
+            chosen = {**self._start_fields(),
+                      "selected_on": ("validation" if c.start_queries == "validation" else
+                                      f"train ({len(self.start_rows)} loss queries out of the "
+                                      f"bank)"), **searched}
+        onboarded = self.choose_onboarded_start()
+        return {**chosen, **({"onboarded": onboarded} if onboarded else {}),
+                **self.choose_difficulty_weight()}
+
+    def _search_starts(self, shrinks: list[float], probabilities, apply) -> tuple[dict, dict]:
+        """Every (shrink, start_knn, weight) of the grids, applied by ``apply`` and scored
+        by ``start_select_on`` on ``probabilities()``; a kNN start must beat the best prior
+        (k = 0) by ``start_min_gain_se``. Returns (the start kept, what was tried)."""
+        c, model = self.config, self.router.config
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
         tried, statistics = [], []
@@ -374,10 +396,11 @@ class CapsatTrainer:
             for k in knn_grid:
                 for w in ([base_weight] if k == 0 or not c.start_knn_weight_grid
                           else sorted({float(w) for w in c.start_knn_weight_grid})):
-                    self._apply_start(k, w, shrink)
-                    probs, scores = self._start_probabilities()
+                    apply(k, w, shrink)
+                    probs, scores = probabilities()
                     statistics.append(self.selection_statistic(probs, scores, start_on))
-                    tried.append({**self._start_fields(),
+                    tried.append({"start_knn": k, "start_knn_weight": float(w),
+                                  "start_prior_shrink": float(shrink),
                                   "score": statistics[-1](np.ones(len(probs)))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
         # The prior: the best start that reads no nearest items (whatever its shrink).
@@ -387,15 +410,34 @@ class CapsatTrainer:
                   else self._start_margin(statistics[best], statistics[prior], len(probs)))
         if margin is not None and not margin["kept"]:
             best = prior
-        best = tried[best]
-        self._apply_start(best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"])
-        return {**self._start_fields(),
-                "selected_on": ("validation" if c.start_queries == "validation" else
-                                f"train ({len(self.start_rows)} loss queries out of the bank)"),
-                "criterion": start_on or c.select_on,
-                "tried": tried,
-                **({"margin_over_prior": margin} if margin is not None else {}),
-                **self.choose_difficulty_weight()}
+        return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
+                             **({"margin_over_prior": margin} if margin is not None else {})}
+
+    def choose_onboarded_start(self) -> dict | None:
+        """With validation on the training models' banks (known models, as in a query
+        split) and ``onboarded_start_evidence``: the start of candidates read from a few
+        items (onboarded models) too, from the start grids with ``onboarded_start_shrink_grid``,
+        on validation that reads the training models from those items only. A kNN over a
+        known model's thousands of items is local; over an onboarded model's 140 it is its
+        overall accuracy. None where it does not apply (a router validated as onboarded reads
+        every candidate with the one start it picked)."""
+        c = self.config
+        if c.onboarded_start_evidence == "none" or c.validates_as_onboarded:
+            return None
+        items = validation_items(self.data, c.onboarded_start_evidence, c.seed)
+        shrinks = sorted({float(s) for s in c.onboarded_start_shrink_grid})
+        best, searched = self._search_starts(
+            shrinks, lambda: self._timed("validation_encoder", self.validation_probabilities,
+                                         "encoder", items),
+            self._apply_onboarded_start)
+        chosen = [best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"]]
+        self._apply_onboarded_start(*chosen)
+        return {"onboarded_start": chosen, "reads": c.onboarded_start_evidence, **searched}
+
+    def _apply_onboarded_start(self, k: int, weight: float, shrink: float) -> None:
+        start = [int(k), float(weight), float(shrink)]
+        self.accelerator.unwrap_model(self.network).encoder.onboarded_start = tuple(start)
+        self.router.config.onboarded_start = start
 
     def _start_margin(self, knn_start, prior_start, n_queries: int) -> dict:
         """Whether a kNN start (its selection statistic) beats the per-task prior's by
@@ -587,6 +629,8 @@ class CapsatTrainer:
         self.start = state["start"]
         self._apply_start(self.start["start_knn"], self.start["start_knn_weight"],
                           self.start["start_prior_shrink"])
+        if "onboarded" in self.start:
+            self._apply_onboarded_start(*self.start["onboarded"]["onboarded_start"])
         self._apply_difficulty_weight(self.start["difficulty_weight"])
 
     def save_best(self) -> None:

@@ -97,7 +97,9 @@ class EvidenceBank:
         these bank items (a known model read as if onboarded from its results on them).
         With ``n_tasks`` (a router that reads the query's difficulty) the pool is every item
         the training pool scored, whoever's evidence it is in, with each candidate's
-        ``task_success`` (``task_means`` of its pool success)."""
+        ``task_success`` (``task_means`` of its pool success). A candidate is read as
+        onboarded (``Evidence.onboarded``) if it is not a training model, or if ``items``
+        restricts it."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
         has = ~np.isnan(self.outcomes[rows])
         if items is not None:
@@ -127,7 +129,8 @@ class EvidenceBank:
                         torch.from_numpy(self.tasks[used].astype(np.int64)),
                         torch.from_numpy(outcomes.astype(np.float32)),
                         torch.from_numpy(success[:, used].astype(np.float32)),
-                        torch.from_numpy(has[:, used]), task_success)
+                        torch.from_numpy(has[:, used]), task_success,
+                        torch.from_numpy(~self.trained[rows] | (items is not None)))
 
     def add(self, results: dict[str, float], trained: bool = False) -> None:
         """A new candidate with outcomes on some bank items (its aptitude answers)."""

@@ -24,7 +24,7 @@ class CapsatConfig(RouterConfig):
     load, except those added since v3.2, which a router saved before them never used."""
 
     behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0,
-                                        "start_prior_shrink": 0.0}
+                                        "start_prior_shrink": 0.0, "onboarded_start": None}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
@@ -55,6 +55,13 @@ class CapsatConfig(RouterConfig):
                                            "there shrunk toward its overall residual by this "
                                            "many (a new model's 10 items per task then say "
                                            "little; training picks it on validation)")
+    onboarded_start: list[float] | None = help_field(None, "[start_knn, start_knn_weight, "
+                                              "start_prior_shrink] of the candidates read "
+                                              "from a few items (onboarded models: their "
+                                              "aptitude answers); None: they start as the "
+                                              "known models do; training picks it on "
+                                              "validation that reads the training models "
+                                              "as onboarded")
     difficulty_k: int = help_field(20, "the encoder reads the query's difficulty: the "
                                    "training pool's success on its this many most similar "
                                    "bank items, against its task's (the same for every "
@@ -105,6 +112,14 @@ class CapsatConfig(RouterConfig):
                      "difficulty_k"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"CapsatConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.onboarded_start is not None:
+            start = list(self.onboarded_start)
+            if (len(start) != 3 or int(start[0]) != start[0] or start[0] < 0
+                    or start[1] <= 0 or start[2] < 0):
+                raise ValueError(f"CapsatConfig.onboarded_start must be [start_knn >= 0 "
+                                 f"(an integer), start_knn_weight > 0, start_prior_shrink >= "
+                                 f"0] or None, got {self.onboarded_start}")
+            self.onboarded_start = [int(start[0]), float(start[1]), float(start[2])]
         if self.encoder_heads + self.encoder_cosine_heads < 1:
             raise ValueError("CapsatConfig needs at least one attention head")
         if not 0 <= self.instruction_head_tokens <= self.max_instruction_tokens:

@@ -36,7 +36,9 @@ residual shrunk toward the candidate's residual on the task, itself shrunk towar
 one, so a few items per task say little and every task keeps its level), plus
 ``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
 for every candidate, so it changes routing little; training picks it on validation
-log-loss).
+log-loss). A candidate read from a few items (``Evidence.onboarded``: a model onboarded from
+its aptitude answers) can have a start of its own (``onboarded_start``), picked on validation
+that reads the training models as onboarded.
 
 Nothing per-instruction that training could fit to its own loss queries enters the direct
 path: what it knows of the instruction comes through other items (attention, kNN, task).
@@ -82,11 +84,14 @@ class Evidence:
     #: (M, T) the pool's mean success per task over the whole bank, the candidate left out
     #: as in ``pool_success``: the baseline of the query's difficulty (``difficulty_k``).
     task_success: torch.Tensor | None = None
+    #: (M,) bool: the candidate is read from a few items, as an onboarded model from its
+    #: aptitude answers (the encoder's ``onboarded_start`` applies); None: none is.
+    onboarded: torch.Tensor | None = None
 
     def to(self, device) -> "Evidence":
         return Evidence(*(None if t is None else t.to(device) for t in (
             self.embeddings, self.tasks, self.outcomes, self.pool_success, self.mask,
-            self.task_success)))
+            self.task_success, self.onboarded)))
 
     @property
     def n_candidates(self) -> int:
@@ -96,7 +101,8 @@ class Evidence:
         """The evidence of some candidates (the same item pool)."""
         return Evidence(self.embeddings, self.tasks, self.outcomes[rows],
                         self.pool_success[rows], self.mask[rows],
-                        None if self.task_success is None else self.task_success[rows])
+                        None if self.task_success is None else self.task_success[rows],
+                        None if self.onboarded is None else self.onboarded[rows])
 
 
 @dataclass
@@ -166,7 +172,8 @@ class EvidenceEncoder(nn.Module):
                  capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1,
                  start_knn: int = 0, start_knn_weight: float = 4.0,
                  start_prior_shrink: float = 0.0, difficulty_k: int = 0,
-                 difficulty_weight: float = 0.0):
+                 difficulty_weight: float = 0.0,
+                 onboarded_start: tuple[int, float, float] | None = None):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
         #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
@@ -175,6 +182,12 @@ class EvidenceEncoder(nn.Module):
         #: The per-task accuracy the start shrinks toward (0: ``task_statistics``'s; > 0:
         #: ``residual_prior`` with this many pseudo-counts).
         self.start_prior_shrink = float(start_prior_shrink)
+        #: (start_knn, start_knn_weight, start_prior_shrink) of the candidates read from a
+        #: few items (``Evidence.onboarded``): a kNN over 160 of a bank's thousands of items is
+        #: local, over 160 of 140 aptitude answers it is the model's overall accuracy, which
+        #: loses each task's level. None: they start as known models do.
+        self.onboarded_start = None if onboarded_start is None else (
+            int(onboarded_start[0]), float(onboarded_start[1]), float(onboarded_start[2]))
         self.cosine_heads, self.knn_ks = cosine_heads, tuple(int(k) for k in knn_ks)
         #: The query's difficulty: the pool's success on its ``difficulty_k`` most similar
         #: items, an input of the MLP (0: off) and, times ``difficulty_weight``, of the start.
@@ -229,9 +242,9 @@ class EvidenceEncoder(nn.Module):
     def _read(self, scores: torch.Tensor, cosine: torch.Tensor, evidence: Evidence
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per candidate, what the heads and the hard kNN read from its evidence:
-        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2), start (B, M, 3): the sums of the
-        outcomes and of the residuals of the ``start_knn`` most similar items, and how many
-        there are).
+        (pooled (B, M, H, 4), knn (B, M, len(ks) * 2), start (B, M, S, 3): for each start
+        (``_starts``), the sums of the outcomes and of the residuals of its ``start_knn`` most
+        similar items, and how many there are).
 
         Candidates with the same items (every known model of a complete data set) share one
         softmax and one top-k: the cost is per distinct item set, not per candidate."""
@@ -239,7 +252,8 @@ class EvidenceEncoder(nn.Module):
         m = evidence.n_candidates
         pooled = scores.new_zeros(batch, m, heads, POOLED_PER_HEAD)
         knn = scores.new_zeros(batch, m, len(self.knn_ks) * KNN_FEATURES)
-        start = scores.new_zeros(batch, m, 3)
+        start_ks = [k for k, _, _ in self._starts()]
+        start = scores.new_zeros(batch, m, len(start_ks), 3)
         overall = summaries(evidence)[:, 0]
         sets, group_of = torch.unique(evidence.mask, dim=0, return_inverse=True)
         for g in range(len(sets)):
@@ -255,7 +269,7 @@ class EvidenceEncoder(nn.Module):
                 torch.einsum("bhn,mn->bmh", w, y), torch.einsum("bhn,mn->bmh", w, y - p),
                 torch.einsum("bhn,mn->bmh", w, p),
                 effective[:, None].expand(-1, len(rows), -1)], dim=-1)
-            k_max = min(max(*self.knn_ks, self.start_knn), len(items))
+            k_max = min(max(*self.knn_ks, *start_ks), len(items))
             top = cosine[:, items].topk(k_max, dim=-1).indices  # (B, k)
             y_top, r_top = y[:, top], (y - p)[:, top]  # (m_g, B, k)
             features, w0 = [], PRIOR_WEIGHT
@@ -264,12 +278,30 @@ class EvidenceEncoder(nn.Module):
                 features += [(y_top[..., :k].sum(-1) + w0 * overall[rows, None]) / (k + w0),
                              r_top[..., :k].sum(-1) / (k + w0)]
             knn[:, rows] = torch.stack(features, dim=-1).permute(1, 0, 2)
-            if self.start_knn:
-                k = min(self.start_knn, k_max)
-                start[:, rows, 0] = y_top[..., :k].sum(-1).T
-                start[:, rows, 1] = float(k)
-                start[:, rows, 2] = r_top[..., :k].sum(-1).T
+            for s, k in enumerate(start_ks):
+                if k:
+                    k = min(k, k_max)
+                    start[:, rows, s, 0] = y_top[..., :k].sum(-1).T
+                    start[:, rows, s, 1] = float(k)
+                    start[:, rows, s, 2] = r_top[..., :k].sum(-1).T
         return pooled, knn, start
+
+    def _starts(self) -> list[tuple[int, float, float]]:
+        """(start_knn, start_knn_weight, start_prior_shrink) of the known candidates' start,
+        then the onboarded ones' where they have their own."""
+        known = (self.start_knn, self.start_knn_weight, self.start_prior_shrink)
+        return [known] + ([] if self.onboarded_start is None else [self.onboarded_start])
+
+    def _begin(self, start: torch.Tensor, weight: float, shrink: float, evidence: Evidence,
+               posterior: torch.Tensor, by_task: torch.Tensor) -> torch.Tensor:
+        """(B, M) one start's P(right): the kNN sums ``start`` (B, M, 3) shrunk toward the
+        per-task prior (in residuals over the pool with ``shrink``: each task keeps its
+        level)."""
+        if shrink:
+            level, residual = residual_prior(evidence, self.n_tasks, shrink)
+            return posterior @ level.T + (start[..., 2] + weight * posterior @ residual.T) / (
+                start[..., 1] + weight)
+        return (start[..., 0] + weight * by_task[..., 0]) / (start[..., 1] + weight)
 
     def task_posterior(self, task_logits: torch.Tensor,
                        known_tasks: torch.Tensor | None = None) -> torch.Tensor:
@@ -325,13 +357,11 @@ class EvidenceEncoder(nn.Module):
             difficulty = self.pool_difficulty(cosine, evidence, posterior)
             parts.append(difficulty[..., None])
         capability = self.mlp(torch.cat(parts, dim=-1))
-        w = self.start_knn_weight
-        if self.start_prior_shrink:  # in residuals over the pool: each task keeps its level
-            level, residual = residual_prior(evidence, self.n_tasks, self.start_prior_shrink)
-            begin = posterior @ level.T + (start[..., 2] + w * posterior @ residual.T) / (
-                start[..., 1] + w)
-        else:
-            begin = (start[..., 0] + w * by_task[..., 0]) / (start[..., 1] + w)
+        starts = self._starts()
+        begin = self._begin(start[:, :, 0], *starts[0][1:], evidence, posterior, by_task)
+        if len(starts) > 1 and evidence.onboarded is not None and bool(evidence.onboarded.any()):
+            onboarded = self._begin(start[:, :, 1], *starts[1][1:], evidence, posterior, by_task)
+            begin = torch.where(evidence.onboarded[None], onboarded, begin)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
         if difficulty is not None and self.difficulty_weight:
             prior = prior + self.difficulty_weight * difficulty
