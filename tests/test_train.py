@@ -49,6 +49,8 @@ def recipe(data_path, tiny_base, out, **overrides) -> tuple[CapsatConfig, TrainC
 def cli_args(model: CapsatConfig, config: TrainConfig) -> list[str]:
     args = []
     for key, value in {**model.to_dict(), **config.__dict__}.items():
+        if value is None:
+            continue  # a field's None is its default; the command line has no spelling for it
         if isinstance(value, list):
             if value:
                 args += [f"--{key}", *map(str, value)]
