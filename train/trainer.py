@@ -24,7 +24,11 @@ prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weigh
 ``start_prior_shrink_grid``: how far the prior's per-task accuracy shrinks) by
 ``start_select_on`` (``select_on`` unless set), on validation or (``start_queries: train``) on loss queries each read against
 the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
-bootstrap standard errors over those queries. The start's weight on the query's
+bootstrap standard errors over those queries. With validation on the banks and
+``onboarded_start_evidence``, the start of candidates read from a few items (onboarded
+models; in steps, those reading a sample) is picked the same way, with
+``onboarded_start_shrink_grid``, on validation reading the training models from sampled (or
+core) items. The start's weight on the query's
 difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
 stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
 the model config's weight, 0 by default), and before step 0 too with
