@@ -564,10 +564,13 @@ def test_an_onboarded_model_has_a_start_of_its_own(data, tmp_path):
         dataclasses.replace(SMALL, onboarded_start=[3, 0.0, 1.0])
 
 
-def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data):
+@pytest.mark.parametrize("ridge", [0.0, 3.0])
+def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge):
     """With difficulty_weight b, the untrained router's logit moves by b x (logit of the
     pool's success on the query's k most similar bank items, shrunk toward its task's, minus
-    logit of its task's), worked by hand from the bank. The pool leaves a known candidate
+    logit of its task's), worked by hand from the bank; with ``difficulty_ridge``, by the mean
+    of that and the same for a ridge regression's reading of the query (the pool's success
+    net of the task's on the bank items' embeddings). The pool leaves a known candidate
     out; a model onboarded from 12 aptitude answers reads the whole pool on every bank item,
     not its own evidence alone."""
     from scipy.special import logit
@@ -580,24 +583,35 @@ def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data):
     queries = Queries(texts, tasks=tasks)
     # Each router its own bank: onboarding adds a row to it.
     plain, shifted = (_encoder_only(dataclasses.replace(data, bank=copy.deepcopy(data.bank)),
-                                    difficulty_k=k, difficulty_weight=w) for w in (0.0, b))
+                                    difficulty_k=k, difficulty_weight=w,
+                                    difficulty_ridge=ridge) for w in (0.0, b))
     model = data.split.train_models[0]
     results = {q: float(data.table.scores.at[q, model]) for q in data.aptitude.item_ids}
     for router in (plain, shifted):
         router.onboard("newcomer", results)
     moved = logit(shifted.predict_proba(queries)) - logit(plain.predict_proba(queries))
     bank = data.bank
-    cosine = plain.embed(Queries(texts)).astype(np.float32) @ bank.embeddings.T
+    embedded = plain.embed(Queries(texts)).astype(np.float64)
+    cosine = embedded.astype(np.float32) @ bank.embeddings.T
     nearest = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
     pools = [(bank.pool_sum - bank.outcomes[j]) / (bank.pool_count - 1)  # j left out
              for j in range(bank.n_candidates)] + [bank.pool_sum / bank.pool_count]
+    x = bank.embeddings.astype(np.float64)
     expected = np.zeros_like(moved)
     for j, pool in enumerate(pools):
+        levels = np.array([pool[bank.tasks == t].mean() for t in range(len(data.tasks))])
+        if ridge:
+            weights = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]),
+                                      x.T @ (pool - levels[bank.tasks]))
         for i, task in enumerate(tasks):
-            on_task = pool[bank.tasks == data.tasks.index(task)].mean()
+            on_task = levels[data.tasks.index(task)]
             near = (pool[nearest[i]].sum() + DIFFICULTY_PRIOR_WEIGHT * on_task) / (
                 k + DIFFICULTY_PRIOR_WEIGHT)
-            expected[i, j] = b * (logit(near) - logit(on_task))
+            difficulty = logit(near) - logit(on_task)
+            if ridge:
+                read = np.clip(on_task + embedded[i] @ weights, 0.01, 0.99)
+                difficulty = (difficulty + logit(read) - logit(on_task)) / 2
+            expected[i, j] = b * difficulty
     assert moved.shape[1] == len(data.train_models) + 1
     np.testing.assert_allclose(moved, expected, atol=1e-4)
     assert np.abs(expected).max() > 0.05  # the queries differ in difficulty

@@ -162,6 +162,42 @@ def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, 
         assert not torch.allclose(evidence.pool_success[row], everyone)
 
 
+def test_the_difficulty_s_ridge_fit_leaves_out_the_step_s_loss_queries(small_data_path,
+                                                                       tiny_base, tmp_path):
+    """With ``difficulty_ridge``, every candidate of a step (pseudo-models too) carries the
+    ridge fit of its own pool's success over the bank without the step's loss queries and
+    their twins, worked by hand; the fit with them differs (a loss query's own difficulty
+    never reaches its step)."""
+    penalty = 2.0
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, pseudo_models=2, difficulty_k=4,
+                       difficulty_ridge=penalty)
+    bank, n_tasks = trainer.data.bank, len(trainer.data.tasks)
+    m = len(trainer.data.train_models)
+    pairs = [(a, b) for a in range(m) for b in range(a + 1, m)]
+    rows, pool, evidence, _ = trainer.sample(1)
+    own = np.isin(trainer.data.text_groups, trainer.data.text_groups[rows])
+    x = bank.embeddings.astype(np.float64)
+
+    def fit(success, keep):
+        levels = bank.task_means(success, n_tasks)
+        target = success - levels[bank.tasks]
+        return np.linalg.solve(x[keep].T @ x[keep] + penalty * np.eye(x.shape[1]),
+                               x[keep].T @ target[keep])
+
+    assert evidence.difficulty_weights.shape == (m + 2, x.shape[1])
+    for j in range(m):
+        success = bank.pool_success_without([j])
+        np.testing.assert_allclose(evidence.difficulty_weights[j].numpy(), fit(success, ~own),
+                                   atol=1e-4)
+        assert np.abs(fit(success, np.ones_like(own)) - fit(success, ~own)).max() > 1e-4
+    for row in range(m, m + 2):
+        assert any(np.allclose(evidence.difficulty_weights[row].numpy(),
+                               fit(bank.pool_success_without(list(pair)), ~own), atol=1e-4)
+                   for pair in pairs), f"pseudo-model {row}: no fit of a pool without parents"
+    with pytest.raises(ValueError, match="difficulty_ridge needs difficulty_k"):
+        recipe(small_data_path, tiny_base, tmp_path, difficulty_k=0, difficulty_ridge=penalty)
+
+
 def test_a_pool_can_leave_out_a_model_s_whole_family(small_data_path, tiny_base, tmp_path):
     """With pool groups (``pool_without_family``), a training model's pool leaves out every
     model of its group, and an onboarded model joins a group of its own; the groups survive save and load. Only split=family takes the option."""

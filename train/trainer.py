@@ -61,7 +61,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from capsat.capsat_model.config import CapsatConfig
-from capsat.capsat_model.evidence import Evidence
+from capsat.capsat_model.evidence import Evidence, RidgeDifficulty
 from capsat.capsat_model.router import CapsatRouter
 from capsat.evaluation import metrics as M
 from capsat.evaluation.compare import WeightedPooledAuc, paired_weighted_bootstrap
@@ -158,6 +158,12 @@ class CapsatTrainer:
         self.task_success = torch.from_numpy(bank.task_means(pool_loo, len(data.tasks))).float()
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
+        #: With the model's ``difficulty_ridge``: the ridge fits of the query's difficulty,
+        #: refitted each step without its loss queries (and any item no training model scored).
+        self.ridge = (RidgeDifficulty(self.embeddings, self.item_tasks,
+                                      model_config.difficulty_ridge)
+                      if model_config.difficulty_ridge else None)
+        self.unscored = np.flatnonzero(bank.pool_count == 0)
         self.step = 0
         self.best = {"score": -math.inf, "step": None}
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -209,6 +215,7 @@ class CapsatTrainer:
         labels = self.outcomes[:, rows].T
         success = self.pool_loo[:, pool]
         task_success = self.task_success
+        whole_success = [self.pool_loo]  # over the whole bank, for the ridge fits
         if c.pseudo_models and m >= 2:
             mix_out, mix_lab, mix_success, mix_task = [], [], [], []
             for _ in range(c.pseudo_models):
@@ -221,6 +228,7 @@ class CapsatTrainer:
                 # Read against a pool without its two parents, as a known model is
                 # against one without itself.
                 without = data.bank.pool_success_without([a, b])
+                whole_success.append(torch.from_numpy(without[None]).float())
                 mix_success.append(torch.from_numpy(without[pool]).float())
                 mix_task.append(torch.from_numpy(data.bank.task_means(without,
                                                                       len(data.tasks))).float())
@@ -238,8 +246,18 @@ class CapsatTrainer:
                                         replace=False)] = True
             mask[j] &= torch.from_numpy(keep)
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
-                            mask, task_success, torch.from_numpy(aptitude_mode))
+                            mask, task_success, torch.from_numpy(aptitude_mode),
+                            self._difficulty_weights(torch.cat(whole_success), task_success, own))
         return rows, pool, evidence, labels
+
+    def _difficulty_weights(self, success: torch.Tensor, task_success: torch.Tensor,
+                            own: np.ndarray) -> torch.Tensor | None:
+        """(M, E) the candidates' ridge fits of the query's difficulty (None without
+        ``difficulty_ridge``) over the bank (``success`` (M, N)) without the items ``own``."""
+        if self.ridge is None:
+            return None
+        return self.ridge.weights(success, task_success,
+                                  torch.from_numpy(np.union1d(own, self.unscored)))
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
         """(B,) the loss queries' task indices, -1 for those read without their label (a
@@ -350,8 +368,10 @@ class CapsatTrainer:
                 pool = torch.from_numpy(np.flatnonzero(~own))
                 evidence = Evidence(self.embeddings[pool], self.item_tasks[pool],
                                     self.outcomes[:, pool], self.pool_loo[:, pool],
-                                    mask[:, pool], self.task_success,
-                                    onboarded).to(self.device)
+                                    mask[:, pool], self.task_success, onboarded,
+                                    self._difficulty_weights(self.pool_loo, self.task_success,
+                                                             np.flatnonzero(own))
+                                    ).to(self.device)
                 out = network(self.embeddings[batch].to(self.device), evidence, None,
                               self.start_tasks[begin:begin + size].to(self.device))
                 probs[begin:begin + size] = torch.sigmoid(out.logits).double().cpu().numpy()

@@ -21,7 +21,7 @@ import torch
 
 from data_builders.errors import DataError
 
-from .evidence import Evidence
+from .evidence import Evidence, RidgeDifficulty
 
 
 @dataclass
@@ -91,13 +91,14 @@ class EvidenceBank:
 
     def evidence(self, rows: np.ndarray | None = None, *, max_items: int = 0,
                  seed: int = 0, items: Sequence[str] | None = None,
-                 n_tasks: int | None = None) -> Evidence:
+                 n_tasks: int | None = None, difficulty_ridge: float = 0.0) -> Evidence:
         """The evidence of candidates ``rows`` (default all) over the items any of them has,
         each capped at ``max_items`` of its items (a seeded sample; 0 = all); ``items``: only
         these bank items (a known model read as if onboarded from its results on them).
         With ``n_tasks`` (a router that reads the query's difficulty) the pool is every item
         the training pool scored, whoever's evidence it is in, with each candidate's
-        ``task_success`` (``task_means`` of its pool success). A candidate is read as
+        ``task_success`` (``task_means`` of its pool success), and with ``difficulty_ridge``
+        (a penalty) each candidate's ``difficulty_weights`` fitted on those items. A candidate is read as
         onboarded (``Evidence.onboarded``) if it is not a training model, or if ``items``
         restricts it."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
@@ -122,15 +123,22 @@ class EvidenceBank:
                               else has.any(axis=0) | (self.pool_count > 0))
         outcomes = np.nan_to_num(self.outcomes[rows][:, used], nan=0.0)
         success = self.pool_success(rows)
-        task_success = None
+        task_success = weights = None
         if n_tasks is not None:
             task_success = torch.from_numpy(self.task_means(success, n_tasks).astype(np.float32))
+            if difficulty_ridge:
+                scored = np.flatnonzero(self.pool_count > 0)
+                ridge = RidgeDifficulty(torch.from_numpy(self.embeddings[scored]),
+                                        torch.from_numpy(self.tasks[scored]), difficulty_ridge)
+                weights = ridge.weights(torch.from_numpy(success[:, scored]), task_success)
+        elif difficulty_ridge:
+            raise ValueError("EvidenceBank.evidence: difficulty_ridge needs n_tasks")
         return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),
                         torch.from_numpy(self.tasks[used].astype(np.int64)),
                         torch.from_numpy(outcomes.astype(np.float32)),
                         torch.from_numpy(success[:, used].astype(np.float32)),
                         torch.from_numpy(has[:, used]), task_success,
-                        torch.from_numpy(~self.trained[rows] | (items is not None)))
+                        torch.from_numpy(~self.trained[rows] | (items is not None)), weights)
 
     def add(self, results: dict[str, float], trained: bool = False) -> None:
         """A new candidate with outcomes on some bank items (its aptitude answers)."""

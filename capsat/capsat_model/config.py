@@ -24,7 +24,8 @@ class CapsatConfig(RouterConfig):
     load, except those added since v3.2, which a router saved before them never used."""
 
     behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0,
-                                        "start_prior_shrink": 0.0, "onboarded_start": None}
+                                        "start_prior_shrink": 0.0, "onboarded_start": None,
+                                        "difficulty_ridge": 0.0}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
@@ -66,6 +67,12 @@ class CapsatConfig(RouterConfig):
                                    "training pool's success on its this many most similar "
                                    "bank items, against its task's (the same for every "
                                    "candidate, new or known; 0: off)")
+    difficulty_ridge: float = help_field(0.0, "the query's difficulty is also read by a ridge "
+                                         "regression (this penalty) of the training pool's "
+                                         "success on the bank items, net of their task's, on "
+                                         "their sentence embeddings, and is the mean of that "
+                                         "and the kNN's (0: the kNN's alone; needs "
+                                         "difficulty_k)")
     difficulty_weight: float = help_field(0.0, "the direct logit's start moves by this times "
                                           "that difficulty (a calibration that changes no "
                                           "routing); training picks it on validation log-loss")
@@ -105,6 +112,12 @@ class CapsatConfig(RouterConfig):
         if self.start_prior_shrink < 0:
             raise ValueError(f"CapsatConfig.start_prior_shrink must be >= 0, got "
                              f"{self.start_prior_shrink}")
+        if self.difficulty_ridge < 0:
+            raise ValueError(f"CapsatConfig.difficulty_ridge must be >= 0, got "
+                             f"{self.difficulty_ridge}")
+        if self.difficulty_ridge and not self.difficulty_k:
+            raise ValueError("CapsatConfig.difficulty_ridge needs difficulty_k > 0 (the ridge "
+                             "reading is averaged with the kNN's)")
         if self.start_knn_weight <= 0:
             raise ValueError(f"CapsatConfig.start_knn_weight must be > 0, got "
                              f"{self.start_knn_weight}")

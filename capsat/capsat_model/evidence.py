@@ -24,7 +24,8 @@ The encoder reads each candidate's evidence *conditioned on the instruction bein
 - with ``difficulty_k``, the query's difficulty for the training pool: its success on the
   query's most similar items of the whole bank, against the task's (the candidate left out
   of the pool; every item counts, so a new model with 140 evidence items gets it as sharp as
-  a known one).
+  a known one); with ``difficulty_ridge``, the mean of that and a ridge regression of the
+  pool's success on the bank items' embeddings (the query's text read as a whole).
 
 An MLP turns these into the candidate's capability vector: the connector maps it to soft
 tokens for the LLM, and a linear read-out (zero at the start) corrects the direct logit,
@@ -69,6 +70,8 @@ KNN_FEATURES = 2
 PRIOR_WEIGHT = 2.0
 #: Pseudo-count of the task's pool success in the query's difficulty (``difficulty_k``).
 DIFFICULTY_PRIOR_WEIGHT = 4.0
+#: The ridge regression's reading of a query's success is clipped to [c, 1 - c].
+RIDGE_CLIP = 0.01
 EPS = 1e-6
 
 
@@ -87,11 +90,14 @@ class Evidence:
     #: (M,) bool: the candidate is read from a few items, as an onboarded model from its
     #: aptitude answers (the encoder's ``onboarded_start`` applies); None: none is.
     onboarded: torch.Tensor | None = None
+    #: (M, E) per candidate, ridge weights on an item's embedding for its pool's success net
+    #: of the task's (``RidgeDifficulty``; the encoder's ``difficulty_ridge``).
+    difficulty_weights: torch.Tensor | None = None
 
     def to(self, device) -> "Evidence":
         return Evidence(*(None if t is None else t.to(device) for t in (
             self.embeddings, self.tasks, self.outcomes, self.pool_success, self.mask,
-            self.task_success, self.onboarded)))
+            self.task_success, self.onboarded, self.difficulty_weights)))
 
     @property
     def n_candidates(self) -> int:
@@ -102,7 +108,9 @@ class Evidence:
         return Evidence(self.embeddings, self.tasks, self.outcomes[rows],
                         self.pool_success[rows], self.mask[rows],
                         None if self.task_success is None else self.task_success[rows],
-                        None if self.onboarded is None else self.onboarded[rows])
+                        None if self.onboarded is None else self.onboarded[rows],
+                        None if self.difficulty_weights is None
+                        else self.difficulty_weights[rows])
 
 
 @dataclass
@@ -166,13 +174,39 @@ def residual_prior(evidence: Evidence, n_tasks: int, shrink: float
     return level, (residual + shrink * overall) / (count + shrink)
 
 
+class RidgeDifficulty:
+    """Ridge regressions (``penalty``) of a pool's success on each item net of the item's task,
+    on the items' embeddings (N, E): a query's difficulty read from its text as a whole, where
+    the kNN reads it from a few neighbours. The Gram matrix is built once, so a training
+    step's loss queries are left out (as a test query is never in the bank) at the cost of
+    their own rows."""
+
+    def __init__(self, embeddings: torch.Tensor, tasks: torch.Tensor, penalty: float):
+        if penalty <= 0:
+            raise ValueError(f"RidgeDifficulty: penalty must be > 0, got {penalty}")
+        self.x, self.tasks = embeddings.double(), tasks
+        self.gram = self.x.T @ self.x + penalty * torch.eye(self.x.shape[1], dtype=self.x.dtype)
+
+    def weights(self, pool_success: torch.Tensor, task_success: torch.Tensor,
+                leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, E) per candidate, the fit to its ``pool_success`` (M, N) minus its
+        ``task_success`` (M, T) at each item's task, without the items ``leave_out``
+        (indices)."""
+        target = (pool_success - task_success[:, self.tasks]).double()  # (M, N)
+        gram, moment = self.gram, self.x.T @ target.T  # (E, E), (E, M)
+        if leave_out is not None and len(leave_out):
+            out = self.x[leave_out]
+            gram, moment = gram - out.T @ out, moment - out.T @ target[:, leave_out].T
+        return torch.linalg.solve(gram, moment).T.float()
+
+
 class EvidenceEncoder(nn.Module):
     def __init__(self, embedding_dim: int, n_tasks: int, *, heads: int = 4, head_dim: int = 32,
                  cosine_heads: int = 2, knn_ks: tuple[int, ...] = (10, 40), hidden: int = 128,
                  capability_dim: int = 128, irt_dim: int = 8, dropout: float = 0.1,
                  start_knn: int = 0, start_knn_weight: float = 4.0,
                  start_prior_shrink: float = 0.0, difficulty_k: int = 0,
-                 difficulty_weight: float = 0.0,
+                 difficulty_weight: float = 0.0, difficulty_ridge: float = 0.0,
                  onboarded_start: tuple[int, float, float] | None = None):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
@@ -192,6 +226,9 @@ class EvidenceEncoder(nn.Module):
         #: The query's difficulty: the pool's success on its ``difficulty_k`` most similar
         #: items, an input of the MLP (0: off) and, times ``difficulty_weight``, of the start.
         self.difficulty_k, self.difficulty_weight = int(difficulty_k), float(difficulty_weight)
+        #: > 0: that difficulty is the mean of the kNN's and the ridge regression's
+        #: (``Evidence.difficulty_weights``, fitted with this penalty where evidence is built).
+        self.difficulty_ridge = float(difficulty_ridge)
         self.task_head = nn.Sequential(nn.LayerNorm(embedding_dim),
                                        nn.Linear(embedding_dim, n_tasks))
         self.query_keys = nn.Linear(embedding_dim, heads * head_dim)
@@ -315,13 +352,17 @@ class EvidenceEncoder(nn.Module):
         return torch.where(known[:, None], one_hot, posterior)
 
     def pool_difficulty(self, cosine: torch.Tensor, evidence: Evidence,
-                        posterior: torch.Tensor) -> torch.Tensor:
+                        posterior: torch.Tensor, query_embeddings: torch.Tensor
+                        ) -> torch.Tensor:
         """(B, M) how much harder the query is than its task for the training pool:
         logit((pool success on its ``difficulty_k`` most similar items + w x the task's) /
         (k + w)) - logit(the task's), the task weighted by ``posterior`` (B, T). Read from
         every item of the pool, whoever's evidence it is in, so a new model with a few
         evidence items gets it as sharp as a known one; the pool leaves the candidate out
-        (``pool_success``), so a known model's own outcomes never pose as difficulty."""
+        (``pool_success``), so a known model's own outcomes never pose as difficulty.
+        With ``difficulty_ridge``, the mean of that and the ridge regression's reading of the
+        query's embedding (``Evidence.difficulty_weights``), clipped to
+        [``RIDGE_CLIP``, 1 - ``RIDGE_CLIP``] (a linear reading can leave [0, 1])."""
         if evidence.task_success is None:
             raise ValueError("difficulty_k > 0 needs the evidence's task_success (the pool's "
                              "success per task)")
@@ -330,7 +371,15 @@ class EvidenceEncoder(nn.Module):
         task = (posterior @ evidence.task_success.T).clamp(EPS, 1 - EPS)  # (B, M)
         w = DIFFICULTY_PRIOR_WEIGHT
         near = (evidence.pool_success[:, top].sum(-1).T + w * task) / (k + w)  # (B, M)
-        return torch.logit(near.clamp(EPS, 1 - EPS)) - torch.logit(task)
+        difficulty = torch.logit(near.clamp(EPS, 1 - EPS)) - torch.logit(task)
+        if not self.difficulty_ridge:
+            return difficulty
+        if evidence.difficulty_weights is None:
+            raise ValueError("difficulty_ridge > 0 needs the evidence's difficulty_weights "
+                             "(RidgeDifficulty)")
+        read = (task + query_embeddings @ evidence.difficulty_weights.T).clamp(
+            RIDGE_CLIP, 1 - RIDGE_CLIP)
+        return (difficulty + torch.logit(read) - torch.logit(task)) / 2
 
     def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
                 known_tasks: torch.Tensor | None = None) -> EncoderOutput:
@@ -354,7 +403,7 @@ class EvidenceEncoder(nn.Module):
                  summaries(evidence)[None].expand(batch, -1, -1), by_task]
         difficulty = None
         if self.difficulty_k:
-            difficulty = self.pool_difficulty(cosine, evidence, posterior)
+            difficulty = self.pool_difficulty(cosine, evidence, posterior, query_embeddings)
             parts.append(difficulty[..., None])
         capability = self.mlp(torch.cat(parts, dim=-1))
         starts = self._starts()

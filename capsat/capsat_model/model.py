@@ -108,7 +108,8 @@ class CapsatNetwork(nn.Module):
             dropout=config.encoder_dropout, start_knn=config.start_knn,
             start_knn_weight=config.start_knn_weight,
             start_prior_shrink=config.start_prior_shrink, difficulty_k=config.difficulty_k,
-            difficulty_weight=config.difficulty_weight, onboarded_start=config.onboarded_start)
+            difficulty_weight=config.difficulty_weight, difficulty_ridge=config.difficulty_ridge,
+            onboarded_start=config.onboarded_start)
         self.llm = None
         self.lora_targets: list[str] = []
         if not config.use_llm:

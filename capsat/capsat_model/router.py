@@ -161,7 +161,8 @@ class CapsatRouter(Router, ModelHubMixin, library_name="capsat", repo_url=None,
             evidence = self.bank.evidence(
                 None if rows is None else np.asarray(rows), max_items=self.config.max_evidence,
                 items=self.evidence_items,
-                n_tasks=len(self.tasks) if self.config.difficulty_k else None)
+                n_tasks=len(self.tasks) if self.config.difficulty_k else None,
+                difficulty_ridge=self.config.difficulty_ridge)
             self._evidence = (key, evidence.to(self.device))
         return self._evidence[1]
 
