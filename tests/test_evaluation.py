@@ -180,6 +180,13 @@ def test_per_task_best_single_is_a_second_reference(mmlu_small):
     assert row["gap_closed_per_task"] == pytest.approx(
         M.gap_closed(row["routed_accuracy"], ref["per_task_best_single"], ref["oracle"]))
     assert "per-task best single" in format_table(result)
+    # The task oracle: each task to its best model on test (a ceiling, read on test labels).
+    ceiling = np.mean([test.scores.loc[test.queries["task"] == t, list(experiment.split.test_models)]
+                       .mean().max() * (test.queries["task"] == t).sum() for t in set(test.tasks)]
+                      ) * len(set(test.tasks)) / len(test)
+    assert ref["task_oracle"] == pytest.approx(ceiling)
+    assert ref["per_task_best_single"] <= ref["task_oracle"] <= ref["oracle"]
+    assert "task oracle" in format_table(result)
 
 
 def test_paired_pooled_auc_bootstrap(mmlu_small):

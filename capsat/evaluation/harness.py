@@ -92,7 +92,9 @@ def _embed_parts(parts: dict[str, OutcomeTable], encoder: str) -> dict[str, np.n
 
 
 def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, list[str]]:
-    """Best single model and per-task best single model, scored on test; the oracle and
+    """Best single model and per-task best single model, scored on test; the oracle, the
+    task oracle (each task to its best model *on test*: the ceiling of any router that reads
+    only the query's task, a bound to read routed accuracy against, never a router) and
     random. Returns (reference, notes).
 
     Known models (query and task splits) are picked on their train labels. Held-out models
@@ -118,12 +120,17 @@ def reference_values(experiment: Experiment, test: OutcomeTable) -> tuple[dict, 
             notes.append(f"task {task!r} has no train queries: its per-task best single is the "
                          f"best single model")
     picked = [test.scores.at[q, per_task_model[t]] for q, t in zip(test.query_ids, test.tasks)]
+    on_test = {t: str(test.scores.loc[test.queries["task"] == t, models].mean().idxmax())
+               for t in sorted(set(test.tasks))}
+    task_oracle = float(np.mean([test.scores.at[q, on_test[t]]
+                                 for q, t in zip(test.query_ids, test.tasks)]))
     reference_scores = {"best_single": test.scores[best].tolist(),
                         "per_task_best_single": [float(v) for v in picked]}
     reference = {"best_single": float(test.scores[best].mean()), "best_single_model": best,
                  "chosen_on": chosen_on, "per_task_best_single": float(np.mean(picked)),
                  "per_task_best_models": per_task_model,
-                 "oracle": float(scores.max(axis=1).mean()), "random": float(scores.mean())}
+                 "oracle": float(scores.max(axis=1).mean()), "task_oracle": task_oracle,
+                 "random": float(scores.mean())}
     return reference, notes, reference_scores
 
 
@@ -285,7 +292,9 @@ def format_table(result: EvalResult, markdown: bool = False) -> str:
     foot = (f"best single = {ref['best_single']:.4f} ({ref['best_single_model']}), per-task "
             f"best single = {ref['per_task_best_single']:.4f} (both chosen on "
             f"{ref.get('chosen_on', 'train labels')}), oracle = {ref['oracle']:.4f}, "
-            f"random = {ref['random']:.4f}; split {result.split}")
+            + (f"task oracle = {ref['task_oracle']:.4f} (each task to its best model on test: "
+               f"a per-task router's ceiling), " if "task_oracle" in ref else "")
+            + f"random = {ref['random']:.4f}; split {result.split}")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
