@@ -8,7 +8,9 @@ Two stages:
    ``evidence_max``, never a loss query itself. Each candidate reads either the whole pool
    (``bank_share`` of them: a known model's bank) or a random 20..500 of it (a new model's
    aptitude answers); ``pseudo_models`` extra candidates mix two training models task by task.
-   So identities cannot be memorised: a candidate is only ever its evidence.
+   So identities cannot be memorised: a candidate is only ever its evidence. With the model's
+   ``difficulty_ridge``, each candidate's ridge fit of the query's difficulty is refitted
+   over the bank without the step's loss queries.
 2. **llm** (``llm_steps``): the LLM reads the candidates' soft tokens for
    ``llm_queries_per_step`` loss queries per step, in one packed pass each; LoRA, connector
    and gate train (the encoder too with ``train_encoder_with_llm``), starting from the best
