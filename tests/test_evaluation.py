@@ -243,3 +243,42 @@ def test_saved_routers_that_saw_the_test_part_are_refused(mmlu_small, tmp_path):
     allowed = evaluate(mmlu_small, "query", f"best_single:{tmp_path / 'unknown'}", plots=False,
                        allow_unknown_provenance=True)
     assert "best_single:unknown" in allowed.routers
+
+
+def test_the_two_way_bootstrap_counts_how_the_gain_varies_with_the_pool():
+    """Resampling the candidate models as well as the queries: where every model gains
+    alike, the standard error is about the queries-only one; where one model of eight
+    carries the whole gain, it is over twice as large, and the resampled pools are
+    drawn from the candidates with repeats. With every query and model once, it is the
+    difference itself."""
+    from capsat.evaluation.compare import paired_two_way_bootstrap, paired_weighted_bootstrap
+
+    rng = np.random.default_rng(0)
+    n, m = 400, 8
+    noise = rng.normal(0.0, 1.0, (n, 1))
+    alike = np.tile(0.2 + noise, (1, m))
+    one_carries = np.zeros((n, m))
+    one_carries[:, 3] = 1.6 + noise[:, 0] * m  # the same mean gain, all in model 3
+    pools = []
+
+    def pool_gain(gains):
+        def of_columns(columns):
+            pools.append(columns)
+            per_query = gains[:, columns].mean(axis=1)
+            return lambda w: float((w * per_query).sum() / w.sum())
+        return of_columns
+
+    zero = lambda columns: (lambda w: 0.0)  # noqa: E731
+    queries_only = paired_weighted_bootstrap(pool_gain(alike)(np.arange(m)), lambda w: 0.0, n,
+                                             samples=300)
+    both = paired_two_way_bootstrap(pool_gain(alike), zero, n, m, samples=300)
+    assert both["difference"] == pytest.approx(alike.mean())
+    assert both["models"] == m and both["queries"] == n
+    assert both["standard_error"] == pytest.approx(queries_only["standard_error"], rel=0.25)
+    carried = paired_two_way_bootstrap(pool_gain(one_carries), zero, n, m, samples=300)
+    assert carried["difference"] == pytest.approx(one_carries.mean())
+    assert carried["standard_error"] > 2 * both["standard_error"]
+    assert carried["low"] <= 0.0 < carried["high"]  # the gain is not shown for new models
+    drawn = np.array(pools[2:])  # after the two full-pool figures
+    assert all(len(c) == m and (np.diff(c) >= 0).all() for c in drawn)
+    assert any(len(set(c)) < m for c in drawn) and drawn.min() >= 0 and drawn.max() < m

@@ -501,6 +501,37 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     assert encoder.start_knn == 0 == strict.router.config.start_knn
 
 
+def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, tiny_base,
+                                                               tmp_path):
+    """In a model split the start serves models it was not picked on, so its margin over
+    the prior is a bootstrap over the validation models as well as the queries (the
+    queries-only figures beside, the same as with start_margin_over_models off), and the
+    choice follows the two-way standard error."""
+    grids = dict(split="model", use_llm=False, encoder_steps=0, llm_steps=0,
+                 start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0],
+                 start_difficulty_grid=[0.0], max_validation_queries=40,
+                 repick_difficulty_after_encoder=False, start_min_gain_se=0.0)
+    start = _trainer(small_data_path, tiny_base, tmp_path / "both", **grids).choose_start()
+    margin = start["margin_over_prior"]
+    best = max(start["tried"], key=lambda t: t["score"])
+    prior = max((t for t in start["tried"] if t["start_knn"] == 0), key=lambda t: t["score"])
+    assert best["start_knn"] > 0 and margin["kept"] and start["start_knn"] == best["start_knn"]
+    assert margin["over"] == "queries and models" and margin["models"] >= 2
+    assert margin["gain"] == pytest.approx(best["score"] - prior["score"])
+    assert margin["gain"] == pytest.approx(margin["queries_only"]["gain"])
+    assert margin["standard_error"] > margin["queries_only"]["standard_error"] > 0
+    off = _trainer(small_data_path, tiny_base, tmp_path / "off", start_margin_over_models=False,
+                   **grids).choose_start()["margin_over_prior"]
+    assert "over" not in off and off == margin["queries_only"]
+    # A margin that the queries alone clear but the models' spread does not keeps the prior.
+    needed = (margin["gain"] / margin["standard_error"]
+              + margin["gain"] / margin["queries_only"]["standard_error"]) / 2
+    strict = _trainer(small_data_path, tiny_base, tmp_path / "strict",
+                      **{**grids, "start_min_gain_se": needed}).choose_start()
+    assert strict["start_knn"] == 0 and not strict["margin_over_prior"]["kept"]
+    assert strict["margin_over_prior"]["queries_only"]["kept"]
+
+
 def test_onboarded_candidates_get_a_start_picked_as_they_are_read(small_data_path, tiny_base,
                                                                    tmp_path):
     """With validation on the banks (a query split) and onboarded_start_evidence 'sampled',

@@ -66,10 +66,12 @@ from capsat.capsat_model.config import CapsatConfig
 from capsat.capsat_model.evidence import Evidence, RidgeDifficulty
 from capsat.capsat_model.router import CapsatRouter
 from capsat.evaluation import metrics as M
-from capsat.evaluation.compare import WeightedPooledAuc, paired_weighted_bootstrap
+from capsat.evaluation.compare import (WeightedPooledAuc, paired_two_way_bootstrap,
+                                       paired_weighted_bootstrap)
 from capsat.routers.base import Queries
 from capsat.routers.provenance import Provenance
 from data_builders.atomic import atomic_folder
+from data_builders.splits import MODEL_SPLITS
 
 from .config import TrainConfig
 from .data import TrainingData, validation_items
@@ -398,7 +400,8 @@ class CapsatTrainer:
             chosen = {**self._start_fields(), "selected_on": "config"}
         else:
             best, searched = self._search_starts(shrinks, self._start_probabilities,
-                                                 self._apply_start)
+                                                 self._apply_start,
+                                                 new_models=c.split in MODEL_SPLITS)
             self._apply_start(best["start_knn"], best["start_knn_weight"],
                               best["start_prior_shrink"])
             chosen = {**self._start_fields(),
@@ -409,31 +412,34 @@ class CapsatTrainer:
         return {**chosen, **({"onboarded": onboarded} if onboarded else {}),
                 **self.choose_difficulty_weight()}
 
-    def _search_starts(self, shrinks: list[float], probabilities, apply) -> tuple[dict, dict]:
+    def _search_starts(self, shrinks: list[float], probabilities, apply, *,
+                       new_models: bool) -> tuple[dict, dict]:
         """Every (shrink, start_knn, weight) of the grids, applied by ``apply`` and scored
         by ``start_select_on`` on ``probabilities()``; a kNN start must beat the best prior
-        (k = 0) by ``start_min_gain_se``. Returns (the start kept, what was tried)."""
+        (k = 0) by ``start_min_gain_se`` (resampling the candidates too where the start
+        serves ``new_models``: ``_start_margin``). Returns (the start kept, what was tried)."""
         c, model = self.config, self.router.config
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
-        tried, statistics = [], []
+        tried, outputs = [], []
         start_on = None if c.start_select_on == "select_on" else c.start_select_on
         for shrink in shrinks:
             for k in knn_grid:
                 for w in ([base_weight] if k == 0 or not c.start_knn_weight_grid
                           else sorted({float(w) for w in c.start_knn_weight_grid})):
                     apply(k, w, shrink)
-                    probs, scores = probabilities()
-                    statistics.append(self.selection_statistic(probs, scores, start_on))
+                    outputs.append(probabilities())
                     tried.append({"start_knn": k, "start_knn_weight": float(w),
                                   "start_prior_shrink": float(shrink),
-                                  "score": statistics[-1](np.ones(len(probs)))})
+                                  "score": self.selection_statistic(*outputs[-1], start_on)(
+                                      np.ones(len(outputs[-1][0])))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
         # The prior: the best start that reads no nearest items (whatever its shrink).
         priors = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
         margin = (None if prior is None or prior == best
-                  else self._start_margin(statistics[best], statistics[prior], len(probs)))
+                  else self._start_margin(outputs[best], outputs[prior], start_on,
+                                          new_models and c.start_margin_over_models))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -455,7 +461,7 @@ class CapsatTrainer:
         best, searched = self._search_starts(
             shrinks, lambda: self._timed("validation_encoder", self.validation_probabilities,
                                          "encoder", items),
-            self._apply_onboarded_start)
+            self._apply_onboarded_start, new_models=True)
         chosen = [best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"]]
         self._apply_onboarded_start(*chosen)
         return {"onboarded_start": chosen, "reads": c.onboarded_start_evidence, **searched}
@@ -465,12 +471,29 @@ class CapsatTrainer:
         self.accelerator.unwrap_model(self.network).encoder.onboarded_start = tuple(start)
         self.router.config.onboarded_start = start
 
-    def _start_margin(self, knn_start, prior_start, n_queries: int) -> dict:
-        """Whether a kNN start (its selection statistic) beats the per-task prior's by
-        ``start_min_gain_se`` paired bootstrap standard errors over the ``n_queries`` it was
-        picked on."""
-        return self._paired_margin(knn_start, prior_start, n_queries,
-                                   self.config.start_min_gain_se)
+    def _start_margin(self, knn_start: tuple, prior_start: tuple, on: str | None,
+                      over_models: bool) -> dict:
+        """Whether a kNN start's (probabilities, scores) beat the per-task prior's by
+        ``start_min_gain_se`` paired bootstrap standard errors of the selection statistic
+        ``on``: over the queries it was picked on, and ``over_models`` over its candidate
+        models too (a start applied to models outside the pool it was picked on; the
+        queries-only figures are kept beside)."""
+        c = self.config
+        statistic = self.selection_statistic
+        queries = self._paired_margin(statistic(*knn_start, on), statistic(*prior_start, on),
+                                      len(knn_start[0]), c.start_min_gain_se)
+        if not over_models:
+            return queries
+        gain = paired_two_way_bootstrap(
+            lambda cols: statistic(knn_start[0][:, cols], knn_start[1][:, cols], on),
+            lambda cols: statistic(prior_start[0][:, cols], prior_start[1][:, cols], on),
+            len(knn_start[0]), knn_start[0].shape[1], samples=START_BOOTSTRAP_SAMPLES,
+            seed=c.seed)
+        required = c.start_min_gain_se * gain["standard_error"]
+        return {"gain": gain["difference"], "standard_error": gain["standard_error"],
+                "required": required, "kept": bool(gain["difference"] > required),
+                "over": "queries and models", "models": gain["models"],
+                "queries_only": queries}
 
     def _paired_margin(self, statistic, baseline, n_queries: int, min_gain_se: float) -> dict:
         """statistic - baseline (selection statistics of the same queries), its paired

@@ -67,8 +67,32 @@ def paired_weighted_bootstrap(statistic_a: Callable[[np.ndarray], float],
     for _ in range(samples):
         weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
         diffs.append(statistic_a(weights) - statistic_b(weights))
-    diffs = np.array(diffs)
-    return {"difference": statistic_a(ones) - statistic_b(ones),
+    return _bootstrap_summary(statistic_a(ones) - statistic_b(ones), np.array(diffs), n)
+
+
+def paired_two_way_bootstrap(statistic_a: Callable[[np.ndarray], Callable[[np.ndarray], float]],
+                             statistic_b: Callable[[np.ndarray], Callable[[np.ndarray], float]],
+                             n_queries: int, n_models: int, *, samples: int = 2000,
+                             seed: int = 0) -> dict:
+    """As ``paired_weighted_bootstrap``, resampling the candidate models as well as the
+    queries: ``statistic_x(columns)`` is the figure (of query weights) of the pool made of
+    those candidate columns (a resample, with repeats). The interval then counts how the
+    difference varies with the pool, which a claim about models outside it must (a start
+    picked on the training models and applied to new ones)."""
+    rng = np.random.default_rng(seed)
+    every, ones = np.arange(n_models), np.ones(n_queries)
+    diffs = []
+    for _ in range(samples):
+        columns = np.sort(rng.integers(0, n_models, n_models))
+        weights = np.bincount(rng.integers(0, n_queries, n_queries),
+                              minlength=n_queries).astype(float)
+        diffs.append(statistic_a(columns)(weights) - statistic_b(columns)(weights))
+    return {**_bootstrap_summary(statistic_a(every)(ones) - statistic_b(every)(ones),
+                                 np.array(diffs), n_queries), "models": int(n_models)}
+
+
+def _bootstrap_summary(difference: float, diffs: np.ndarray, n: int) -> dict:
+    return {"difference": difference,
             "low": float(np.nanpercentile(diffs, 2.5)),
             "high": float(np.nanpercentile(diffs, 97.5)),
             "standard_error": float(np.nanstd(diffs)),
