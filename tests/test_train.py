@@ -505,7 +505,7 @@ def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, 
                                                                tmp_path):
     """In a model split the start serves models it was not picked on, so its margin over
     the prior is a bootstrap over the validation models as well as the queries (the
-    queries-only figures beside, the same as with start_margin_over_models off), and the
+    queries-only figures beside, the same as with margin_over_models off), and the
     choice follows the two-way standard error."""
     grids = dict(split="model", use_llm=False, encoder_steps=0, llm_steps=0,
                  start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0],
@@ -520,7 +520,7 @@ def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, 
     assert margin["gain"] == pytest.approx(best["score"] - prior["score"])
     assert margin["gain"] == pytest.approx(margin["queries_only"]["gain"])
     assert margin["standard_error"] > margin["queries_only"]["standard_error"] > 0
-    off = _trainer(small_data_path, tiny_base, tmp_path / "off", start_margin_over_models=False,
+    off = _trainer(small_data_path, tiny_base, tmp_path / "off", margin_over_models=False,
                    **grids).choose_start()["margin_over_prior"]
     assert "over" not in off and off == margin["queries_only"]
     # A margin that the queries alone clear but the models' spread does not keeps the prior.
@@ -775,6 +775,46 @@ def test_a_step_must_beat_the_kept_router_by_its_standard_errors(small_data_path
     np.testing.assert_array_equal(again.best_validation[1], scores)
     with pytest.raises(ValueError, match="checkpoint_min_gain_se"):
         TrainConfig(checkpoint_min_gain_se=-1)
+
+
+def test_a_model_split_s_step_margin_resamples_the_models_too(small_data_path, tiny_base,
+                                                              tmp_path, monkeypatch):
+    """In a model split a kept step serves new models, so its margin over the kept router
+    resamples the validation models too: a step whose whole gain is routing to one of three
+    candidates clears the queries-only margin but not the two-way one, and stays unkept
+    (kept with margin_over_models off)."""
+    n, m = 60, 3
+    rng = np.random.default_rng(1)
+    scores = (rng.random((n, m)) < 0.5).astype(float)
+    scores[:, 1] = 1.0 - scores[:, 0]
+    base = np.full((n, m), 0.5)
+    base[:, 2] = 0.6  # routes every query to candidate 2
+    carried = base.copy()
+    carried[:, 0] = np.where(scores[:, 0] == 1, 0.7, 0.4)  # to candidate 0 where it is right
+    kept_steps = {}
+    for over in (True, False):
+        trainer = _trainer(small_data_path, tiny_base, tmp_path / str(over), split="model",
+                           checkpoint_min_gain_se=1.0, margin_over_models=over,
+                           use_llm=False, llm_steps=0)
+        both = trainer._paired_margin((carried, scores), (base, scores), 1.0, True)
+        queries_se = both["queries_only"]["standard_error"]
+        assert both["standard_error"] > queries_se > 0
+        trainer.config.checkpoint_min_gain_se = (both["gain"] / both["standard_error"]
+                                                 + both["gain"] / queries_se) / 2
+        trainer.start = trainer.choose_start()
+        validations = iter([base, carried])
+        monkeypatch.setattr(trainer, "validation_probabilities",
+                            lambda stage: (next(validations), scores))
+        records = []
+        for step in range(2):
+            trainer.step = step
+            records.append({"step": step, "stage": "encoder"})
+            trainer._validate_and_keep_best(records[-1], "encoder")
+        kept_steps[over] = trainer.best["step"]
+        margin = records[1]["margin_over_kept"]
+        assert margin["gain"] == pytest.approx(both["gain"])
+        assert ("over" in margin) == over
+    assert kept_steps == {True: 0, False: 1}
 
 
 def test_the_llm_stage_must_beat_the_encoder_s_router_by_a_margin(small_data_path, tiny_base,

@@ -94,14 +94,13 @@ class TrainConfig:
                                           "models, and a held-out family unlike them reads "
                                           "the prior better than a start that validation "
                                           "barely preferred")
-    start_margin_over_models: bool = help_field(True, "where the start serves models it "
-                                                "was not picked on (the start of the model "
-                                                "and family splits, and the onboarded start), "
-                                                "its margin over the prior "
-                                                "(start_min_gain_se) is a bootstrap over the "
-                                                "candidate models as well as the queries: a "
-                                                "gain on 7 training models need not carry to "
-                                                "new ones (false: over the queries only)")
+    margin_over_models: bool = help_field(True, "where a choice serves models it was not "
+                                          "made on (the start and the kept step of the model "
+                                          "and family splits, and the onboarded start), its "
+                                          "margin (start_min_gain_se, checkpoint_min_gain_se) "
+                                          "is a bootstrap over the candidate models as well as "
+                                          "the queries: a gain on 7 training models need not "
+                                          "carry to new ones (false: over the queries only)")
     start_select_on: str = help_field("select_on", "what the start is picked on: "
                                       "'select_on' (the checkpoints' criterion), "
                                       "'routing', 'auc' (pooled) or 'log_loss'; routing "

@@ -417,7 +417,7 @@ class CapsatTrainer:
         """Every (shrink, start_knn, weight) of the grids, applied by ``apply`` and scored
         by ``start_select_on`` on ``probabilities()``; a kNN start must beat the best prior
         (k = 0) by ``start_min_gain_se`` (resampling the candidates too where the start
-        serves ``new_models``: ``_start_margin``). Returns (the start kept, what was tried)."""
+        serves ``new_models``: ``_paired_margin``). Returns (the start kept, what was tried)."""
         c, model = self.config, self.router.config
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
@@ -438,8 +438,8 @@ class CapsatTrainer:
         priors = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
         margin = (None if prior is None or prior == best
-                  else self._start_margin(outputs[best], outputs[prior], start_on,
-                                          new_models and c.start_margin_over_models))
+                  else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
+                                           new_models and c.margin_over_models, start_on))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -471,38 +471,31 @@ class CapsatTrainer:
         self.accelerator.unwrap_model(self.network).encoder.onboarded_start = tuple(start)
         self.router.config.onboarded_start = start
 
-    def _start_margin(self, knn_start: tuple, prior_start: tuple, on: str | None,
-                      over_models: bool) -> dict:
-        """Whether a kNN start's (probabilities, scores) beat the per-task prior's by
-        ``start_min_gain_se`` paired bootstrap standard errors of the selection statistic
-        ``on``: over the queries it was picked on, and ``over_models`` over its candidate
-        models too (a start applied to models outside the pool it was picked on; the
-        queries-only figures are kept beside)."""
-        c = self.config
-        statistic = self.selection_statistic
-        queries = self._paired_margin(statistic(*knn_start, on), statistic(*prior_start, on),
-                                      len(knn_start[0]), c.start_min_gain_se)
+    def _paired_margin(self, outputs: tuple, baseline: tuple, min_gain_se: float,
+                       over_models: bool, on: str | None = None) -> dict:
+        """The selection statistic (``on``) of ``outputs`` - ``baseline`` (each validation
+        (probabilities, scores) of the same queries and models), its paired bootstrap
+        standard error, and whether the gain exceeds ``min_gain_se`` of them. The bootstrap
+        is over the queries, and ``over_models`` over the candidate models too (a choice
+        applied to models outside the pool it was made on; the queries-only figures beside)."""
+        c, statistic = self.config, self.selection_statistic
+        n_queries, n_models = outputs[0].shape
+
+        def decision(gain: dict) -> dict:
+            required = min_gain_se * gain["standard_error"]
+            return {"gain": gain["difference"], "standard_error": gain["standard_error"],
+                    "required": required, "kept": bool(gain["difference"] > required)}
+        queries = decision(paired_weighted_bootstrap(
+            statistic(*outputs, on), statistic(*baseline, on), n_queries,
+            samples=START_BOOTSTRAP_SAMPLES, seed=c.seed))
         if not over_models:
             return queries
-        gain = paired_two_way_bootstrap(
-            lambda cols: statistic(knn_start[0][:, cols], knn_start[1][:, cols], on),
-            lambda cols: statistic(prior_start[0][:, cols], prior_start[1][:, cols], on),
-            len(knn_start[0]), knn_start[0].shape[1], samples=START_BOOTSTRAP_SAMPLES,
-            seed=c.seed)
-        required = c.start_min_gain_se * gain["standard_error"]
-        return {"gain": gain["difference"], "standard_error": gain["standard_error"],
-                "required": required, "kept": bool(gain["difference"] > required),
-                "over": "queries and models", "models": gain["models"],
+        both = paired_two_way_bootstrap(
+            lambda cols: statistic(outputs[0][:, cols], outputs[1][:, cols], on),
+            lambda cols: statistic(baseline[0][:, cols], baseline[1][:, cols], on),
+            n_queries, n_models, samples=START_BOOTSTRAP_SAMPLES, seed=c.seed)
+        return {**decision(both), "over": "queries and models", "models": n_models,
                 "queries_only": queries}
-
-    def _paired_margin(self, statistic, baseline, n_queries: int, min_gain_se: float) -> dict:
-        """statistic - baseline (selection statistics of the same queries), its paired
-        bootstrap standard error, and whether the gain exceeds ``min_gain_se`` of them."""
-        gain = paired_weighted_bootstrap(statistic, baseline, n_queries,
-                                         samples=START_BOOTSTRAP_SAMPLES, seed=self.config.seed)
-        required = min_gain_se * gain["standard_error"]
-        return {"gain": gain["difference"], "standard_error": gain["standard_error"],
-                "required": required, "kept": bool(gain["difference"] > required)}
 
     def choose_difficulty_weight(self) -> dict:
         """The start's weight on the query's difficulty, lowest validation log-loss of
@@ -766,15 +759,16 @@ class CapsatTrainer:
     def _margin_over_kept(self) -> dict | None:
         """With ``checkpoint_min_gain_se``: whether the router just validated beats the one
         kept so far by that many paired bootstrap standard errors of the selection score over
-        the validation queries (None: the rule is off, or nothing is kept yet)."""
-        if not self.config.checkpoint_min_gain_se or self.best_validation is None:
+        the validation queries (and, in a model or family split with ``margin_over_models``,
+        the validation models too) (None: the rule is off, or nothing is kept yet)."""
+        c = self.config
+        if not c.checkpoint_min_gain_se or self.best_validation is None:
             return None
         if self.last_validation is None:
             raise RuntimeError("checkpoint_min_gain_se: validate() recorded no probabilities")
-        (probs, scores), (kept, kept_scores) = self.last_validation, self.best_validation
-        return self._paired_margin(self.selection_statistic(probs, scores),
-                                   self.selection_statistic(kept, kept_scores), len(probs),
-                                   self.config.checkpoint_min_gain_se)
+        return self._paired_margin(self.last_validation, self.best_validation,
+                                   c.checkpoint_min_gain_se,
+                                   c.margin_over_models and c.split in MODEL_SPLITS)
 
     def _required_gain(self, stage: str) -> float:
         """How much an llm-stage router must beat one kept from the encoder stage by."""
