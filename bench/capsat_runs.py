@@ -20,6 +20,7 @@ Writes ``OUT/NAME/summary.{json,md}`` and ``eval_<items>/results.{json,md}``; ``
 copies the summary and results there (bench/results/...).
 
     python bench/capsat_runs.py --render runs/capsat_bench/NAME/summary.json   # the table again
+    python bench/capsat_runs.py --pair runs/capsat_bench/A runs/capsat_bench/B  # B - A, paired
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ QUERY_BASELINES = ["best_single", "knn", "kmeans", "classifier", "multilabel", "
                    "aptitude_prior", "knn_aptitude"]
 ONBOARDING_BASELINES = ["aptitude_prior", "knn_aptitude"]
 REFERENCES = ["best_single", "per_task_best_single"]
+PRIOR = "aptitude_prior"
 
 
 def interval(d: dict | None) -> str:
@@ -80,6 +82,36 @@ def render(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pair(run_a: Path, run_b: Path) -> str:
+    """CapSAT's routed score in run B minus run A (two runs of this script: another option,
+    the same split), paired over the same test queries, per aptitude size, with each run's
+    pooled AUC over the aptitude prior beside (where both evaluated it)."""
+    import json
+
+    from capsat.evaluation.compare import paired_bootstrap
+
+    lines = [f"{run_b.name} - {run_a.name}", "",
+             "| items | routed B − A | AUC − prior: A | AUC − prior: B |", "|---|---|---|---|"]
+    sizes = sorted(p.name for p in run_a.glob("eval_*") if (p / "results.json").exists())
+    if not sizes:
+        raise FileNotFoundError(f"{run_a}: no eval_<items>/results.json (not a run folder?)")
+    for size in sizes:
+        files = [run / size / "results.json" for run in (run_a, run_b)]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: run B has no evaluation at {size[5:]} items")
+        a, b = (json.loads(f.read_text()) for f in files)
+        if a["query_ids"] != b["query_ids"]:
+            raise ValueError(f"{files[0]} and {files[1]}: different test queries (another "
+                             f"split or seed), so no paired difference")
+        routed = paired_bootstrap(b["per_query"]["capsat:best"]["score"],
+                                  a["per_query"]["capsat:best"]["score"])
+        over_prior = [f"{r['routers']['capsat:best']['auc'] - r['routers'][PRIOR]['auc']:+.4f}"
+                      if PRIOR in r["routers"] else "" for r in (a, b)]
+        lines.append(f"| {size[5:]} | {interval(routed)} | {over_prior[0]} | {over_prior[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--render"]:
@@ -87,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in argv[1:]:
             print(render(json.loads(Path(path).read_text())))
+        return 0
+    if argv[:1] == ["--pair"]:
+        if len(argv) != 3:
+            raise SystemExit("usage: capsat_runs.py --pair RUN_A RUN_B (two run folders)")
+        print(pair(Path(argv[1]), Path(argv[2])))
         return 0
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
