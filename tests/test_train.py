@@ -532,45 +532,6 @@ def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, 
     assert strict["margin_over_prior"]["queries_only"]["kept"]
 
 
-def test_a_shrunk_prior_can_be_made_to_earn_its_margin(small_data_path, tiny_base, tmp_path):
-    """With start_shrink_needs_margin the prior shrunk toward the model's overall accuracy
-    replaces the plain per-task prior (the grid's least shrink) only by start_min_gain_se
-    standard errors (recorded); without it the best shrink is taken freely."""
-    n, m = 60, 3
-    rng = np.random.default_rng(2)
-    scores = (rng.random((n, m)) < 0.5).astype(float)
-    scores[:, 1] = 1.0 - scores[:, 0]
-    plain = np.full((n, m), 0.5)
-    plain[:, 2] = 0.6  # routes every query to candidate 2
-    shrunk = plain.copy()
-    shrunk[:3] = 0.2 + 0.6 * scores[:3]  # right on three queries more: a small gain
-    worse = 1.0 - shrunk
-    by_shrink = {0.0: plain, 8.0: shrunk, 1000.0: worse}
-    applied = {}
-
-    def search(trainer):
-        return trainer._search_starts(
-            list(by_shrink), lambda: (by_shrink[applied["shrink"]], scores),
-            lambda k, w, shrink: applied.update(shrink=shrink), new_models=False)
-
-    grids = dict(use_llm=False, encoder_steps=0, llm_steps=0, start_knn_grid=[0])
-    best, searched = search(_trainer(small_data_path, tiny_base, tmp_path / "free", **grids))
-    assert best["start_prior_shrink"] == 8.0 and "shrink_margin_over_plain_prior" not in searched
-    flagged = dict(grids, start_shrink_needs_margin=True)
-    best, searched = search(_trainer(small_data_path, tiny_base, tmp_path / "any",
-                                     start_min_gain_se=0.0, **flagged))
-    margin = searched["shrink_margin_over_plain_prior"]
-    scored = {t["start_prior_shrink"]: t["score"] for t in searched["tried"]}
-    assert margin["gain"] == pytest.approx(scored[8.0] - scored[0.0])
-    assert margin["gain"] > 0 and margin["kept"]
-    assert best["start_prior_shrink"] == 8.0
-    needed = margin["gain"] / margin["standard_error"] + 0.5
-    best, searched = search(_trainer(small_data_path, tiny_base, tmp_path / "strict",
-                                     start_min_gain_se=needed, **flagged))
-    assert best["start_prior_shrink"] == 0.0
-    assert not searched["shrink_margin_over_plain_prior"]["kept"]
-
-
 def test_onboarded_candidates_get_a_start_picked_as_they_are_read(small_data_path, tiny_base,
                                                                    tmp_path):
     """With validation on the banks (a query split) and onboarded_start_evidence 'sampled',

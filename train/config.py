@@ -94,12 +94,6 @@ class TrainConfig:
                                           "models, and a held-out family unlike them reads "
                                           "the prior better than a start that validation "
                                           "barely preferred")
-    start_shrink_needs_margin: bool = help_field(False, "a prior start shrunk toward the "
-                                                 "model's overall accuracy (a larger "
-                                                 "start_prior_shrink of the grid) replaces the "
-                                                 "plain per-task prior (the grid's least "
-                                                 "shrink) only by start_min_gain_se, as a kNN "
-                                                 "start must (false: the best shrink is free)")
     margin_over_models: bool = help_field(True, "where a choice serves models it was not "
                                           "made on (the start and the kept step of the model "
                                           "and family splits, and the onboarded start), its "

@@ -434,27 +434,16 @@ class CapsatTrainer:
                                   "score": self.selection_statistic(*outputs[-1], start_on)(
                                       np.ones(len(outputs[-1][0])))})
         best = max(range(len(tried)), key=lambda i: tried[i]["score"])  # first of equals
-        over_models = new_models and c.margin_over_models
-        # The prior: the best start that reads no nearest items (whatever its shrink), or
-        # with start_shrink_needs_margin the plain one (least shrink) unless it is beaten.
+        # The prior: the best start that reads no nearest items (whatever its shrink).
         priors = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
-        shrink_margin = None
-        if c.start_shrink_needs_margin and prior is not None:
-            plain = min(priors, key=lambda i: (tried[i]["start_prior_shrink"], i))
-            if plain != prior:
-                shrink_margin = self._paired_margin(outputs[prior], outputs[plain],
-                                                    c.start_min_gain_se, over_models, start_on)
-                prior = prior if shrink_margin["kept"] else plain
         margin = (None if prior is None or prior == best
                   else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
-                                           over_models, start_on))
+                                           new_models and c.margin_over_models, start_on))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
-                             **({"margin_over_prior": margin} if margin is not None else {}),
-                             **({"shrink_margin_over_plain_prior": shrink_margin}
-                                if shrink_margin is not None else {})}
+                             **({"margin_over_prior": margin} if margin is not None else {})}
 
     def choose_onboarded_start(self) -> dict | None:
         """With validation on the training models' banks (known models, as in a query
