@@ -279,6 +279,6 @@ def test_the_two_way_bootstrap_counts_how_the_gain_varies_with_the_pool():
     assert carried["difference"] == pytest.approx(one_carries.mean())
     assert carried["standard_error"] > 2 * both["standard_error"]
     assert carried["low"] <= 0.0 < carried["high"]  # the gain is not shown for new models
-    drawn = np.array(pools[2:])  # after the two full-pool figures
+    drawn = np.array(pools[2:])  # resampled pools (and the full ones, sorted too)
     assert all(len(c) == m and (np.diff(c) >= 0).all() for c in drawn)
     assert any(len(set(c)) < m for c in drawn) and drawn.min() >= 0 and drawn.max() < m

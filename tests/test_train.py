@@ -791,16 +791,17 @@ def test_a_model_split_s_step_margin_resamples_the_models_too(small_data_path, t
     base[:, 2] = 0.6  # routes every query to candidate 2
     carried = base.copy()
     carried[:, 0] = np.where(scores[:, 0] == 1, 0.7, 0.4)  # to candidate 0 where it is right
+    reference = _trainer(small_data_path, tiny_base, tmp_path / "reference", split="model",
+                         use_llm=False, llm_steps=0)
+    both = reference._paired_margin((carried, scores), (base, scores), 1.0, True)
+    queries_se = both["queries_only"]["standard_error"]
+    assert both["standard_error"] > queries_se > 0
+    between = (both["gain"] / both["standard_error"] + both["gain"] / queries_se) / 2
     kept_steps = {}
     for over in (True, False):
         trainer = _trainer(small_data_path, tiny_base, tmp_path / str(over), split="model",
-                           checkpoint_min_gain_se=1.0, margin_over_models=over,
+                           checkpoint_min_gain_se=between, margin_over_models=over,
                            use_llm=False, llm_steps=0)
-        both = trainer._paired_margin((carried, scores), (base, scores), 1.0, True)
-        queries_se = both["queries_only"]["standard_error"]
-        assert both["standard_error"] > queries_se > 0
-        trainer.config.checkpoint_min_gain_se = (both["gain"] / both["standard_error"]
-                                                 + both["gain"] / queries_se) / 2
         trainer.start = trainer.choose_start()
         validations = iter([base, carried])
         monkeypatch.setattr(trainer, "validation_probabilities",

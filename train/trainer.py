@@ -439,7 +439,7 @@ class CapsatTrainer:
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
         margin = (None if prior is None or prior == best
                   else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
-                                           new_models and c.margin_over_models, start_on))
+                                           new_models, start_on))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -472,12 +472,13 @@ class CapsatTrainer:
         self.router.config.onboarded_start = start
 
     def _paired_margin(self, outputs: tuple, baseline: tuple, min_gain_se: float,
-                       over_models: bool, on: str | None = None) -> dict:
+                       new_models: bool, on: str | None = None) -> dict:
         """The selection statistic (``on``) of ``outputs`` - ``baseline`` (each validation
         (probabilities, scores) of the same queries and models), its paired bootstrap
         standard error, and whether the gain exceeds ``min_gain_se`` of them. The bootstrap
-        is over the queries, and ``over_models`` over the candidate models too (a choice
-        applied to models outside the pool it was made on; the queries-only figures beside)."""
+        is over the queries, and, for a choice that serves ``new_models`` (outside the pool it
+        was made on) with ``margin_over_models``, over the candidate models too (the
+        queries-only figures beside)."""
         c, statistic = self.config, self.selection_statistic
         n_queries, n_models = outputs[0].shape
 
@@ -488,7 +489,7 @@ class CapsatTrainer:
         queries = decision(paired_weighted_bootstrap(
             statistic(*outputs, on), statistic(*baseline, on), n_queries,
             samples=START_BOOTSTRAP_SAMPLES, seed=c.seed))
-        if not over_models:
+        if not (new_models and c.margin_over_models):
             return queries
         both = paired_two_way_bootstrap(
             lambda cols: statistic(outputs[0][:, cols], outputs[1][:, cols], on),
@@ -767,8 +768,7 @@ class CapsatTrainer:
         if self.last_validation is None:
             raise RuntimeError("checkpoint_min_gain_se: validate() recorded no probabilities")
         return self._paired_margin(self.last_validation, self.best_validation,
-                                   c.checkpoint_min_gain_se,
-                                   c.margin_over_models and c.split in MODEL_SPLITS)
+                                   c.checkpoint_min_gain_se, c.split in MODEL_SPLITS)
 
     def _required_gain(self, stage: str) -> float:
         """How much an llm-stage router must beat one kept from the encoder stage by."""
