@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -457,6 +458,37 @@ def test_the_start_is_chosen_on_validation_and_kept(small_data_path, tiny_base, 
     assert (again.router.config.start_prior_shrink == best["start_prior_shrink"]
             == encoder.start_prior_shrink)
     assert again.router.config.difficulty_weight == beta == encoder.difficulty_weight
+
+
+def test_the_task_head_is_fitted_before_the_start_is_chosen(small_data_path, tiny_base,
+                                                           tmp_path):
+    """Validation reads unlabelled queries through the task head. Fitted before the start is
+    chosen, it names their tasks, so the per-task prior (start_knn 0) is scored as a trained
+    router reads it, not as every task at once; off (task_head_steps 0), the head stays as
+    built."""
+    options = dict(use_llm=False, encoder_steps=0, llm_steps=0, start_knn_grid=[],
+                   start_prior_shrink_grid=[], task_label_share=0.0, max_validation_queries=40,
+                   start_difficulty_grid=[])
+    scored = {}
+    for steps in (0, 200):
+        trainer = _trainer(small_data_path, tiny_base, tmp_path / str(steps),
+                           task_head_steps=steps, **options)
+        head = trainer.accelerator.unwrap_model(trainer.network).encoder.task_head
+        built = {k: v.clone() for k, v in head.state_dict().items()}
+        record = trainer.fit_task_head()
+        changed = any(not torch.equal(built[k], v) for k, v in head.state_dict().items())
+        probs, scores = trainer.validation_probabilities("encoder")
+        scored[steps] = (record, changed, M.log_loss(probs, scores))
+    assert scored[0][0] is None and not scored[0][1]
+    record, changed, fitted_loss = scored[200]
+    assert changed and 1 <= record["kept_step"] <= 200
+    n_tasks = len(trainer.data.tasks)
+    assert record["validation_accuracy"] > 1.5 / n_tasks
+    assert record["validation_cross_entropy"] < math.log(n_tasks)  # below a uniform reading
+    assert fitted_loss < scored[0][2]  # the prior, read at the right task
+    result = _trainer(small_data_path, tiny_base, tmp_path / "run", task_head_steps=200,
+                      **options).train()
+    assert result["start"]["task_head"]["kept_step"] == record["kept_step"]
 
 
 def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path, tiny_base,

@@ -73,6 +73,13 @@ class TrainConfig:
                                               "(the rest get the task head's posterior, as an "
                                               "unlabelled log does); used when the model's "
                                               "read_task_labels is on")
+    task_head_steps: int = help_field(300, "full-batch steps that fit the task head alone on "
+                                           "the loss queries' labels before the start is "
+                                           "chosen, so validation reads its unlabelled "
+                                           "queries as a trained router does (an untrained "
+                                           "head reads each as every task at once, which "
+                                           "handicaps the per-task prior against kNN starts "
+                                           "and step 0 against any trained step); 0: off")
     start_knn_grid: list[int] = help_field([0, 10, 20, 40, 80, 160], "values of the model's "
                                            "start_knn tried before training (on start_queries) "
                                            "(the best by select_on is kept; empty: the model "
@@ -277,7 +284,8 @@ class TrainConfig:
             raise ValueError(f"task_label_share must be in [0, 1], got {self.task_label_share}")
         for name in ("encoder_steps", "llm_steps", "max_train_queries",
                      "max_validation_queries", "max_minutes", "pseudo_models",
-                     "llm_min_gain_queries", "start_min_gain_se", "checkpoint_min_gain_se"):
+                     "llm_min_gain_queries", "start_min_gain_se", "checkpoint_min_gain_se",
+                     "task_head_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("queries_per_step", "llm_queries_per_step", "eval_every",
