@@ -136,8 +136,8 @@ class TrainConfig:
                                     "cross-validation on the train part, several times the "
                                     "queries, so a less noisy pick; the start has no "
                                     "trained parameters to overfit them; each read with its "
-                                    "task label, as test queries are, since the task head is "
-                                    "untrained before step 0)")
+                                    "task label, as test queries are, since the task head "
+                                    "was fitted on these very queries)")
     start_train_queries: int = help_field(4000, "with start_queries 'train': at most this "
                                                 "many loss queries (a seeded sample of those "
                                                 "every fitted model has a score on)")

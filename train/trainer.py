@@ -196,8 +196,8 @@ class CapsatTrainer:
         self.start: dict | None = None
         #: With ``start_queries`` 'train': the loss queries the start is picked on (bank rows)
         #: and their task indices as read: every label, when the model reads labels (-1:
-        #: none). Before step 0 the task head is untrained, and would read an unlabelled
-        #: query as every task at once, as no trained router does; test queries carry labels.
+        #: none). The task head was fitted on these very queries (``fit_task_head``), so
+        #: reading them without labels would flatter it; test queries carry labels.
         self.start_rows, self.start_tasks = self._start_queries()
 
     # ------------------------------------------------------------------ data
