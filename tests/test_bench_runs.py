@@ -47,3 +47,44 @@ def test_pair_reports_the_paired_routed_difference_and_refuses_other_queries(tmp
         bench.pair(run_a, other)
     with pytest.raises(FileNotFoundError, match="no eval"):
         bench.pair(tmp_path / "missing", run_b)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / f"bench/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_read_without_labels_scores_each_router_both_ways_and_refuses_seen_queries(
+        small_data_path, tiny_base, tmp_path):
+    """A router trained on the split's train part is read on its test part with and without
+    task labels (the two readings differ: the start reads the task); one that saw test queries
+    is refused."""
+    from capsat.capsat_model.router import CapsatRouter
+    from train.data import prepare
+    from train.trainer import CapsatTrainer
+    from test_train import recipe
+
+    model, config = recipe(small_data_path, tiny_base, tmp_path / "run", use_llm=False,
+                           encoder_steps=2, llm_steps=0, start_knn_grid=[],
+                           start_prior_shrink_grid=[], start_difficulty_grid=[],
+                           task_label_share=0.0)
+    CapsatTrainer(model, config, prepare(config, progress=False)).train()
+    router_dir = tmp_path / "run" / "best"
+    out = tmp_path / "read.json"
+    script = _script("read_without_labels")
+    script.main(["--data", small_data_path, "--seed", "0", "--out", str(out), str(router_dir)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["labelled"] for r in rows] == [True, False]
+    assert all(0.0 <= r["routed_accuracy"] <= 1.0 and r["top_shares"] for r in rows)
+    assert rows[0]["auc"] != rows[1]["auc"]  # the task label is read, or not
+    seen = CapsatRouter.load(router_dir)
+    # A router whose record says it saw the test queries is refused.
+    from data_builders.experiment import prepare_experiment
+    _, _, test = prepare_experiment(small_data_path, "query", seed=0).parts()
+    seen.fitted_on.query_ids = sorted(set(seen.fitted_on.query_ids) | set(test.query_ids[:2]))
+    seen.save_pretrained(tmp_path / "seen")
+    with pytest.raises(ValueError, match="fitted on 2 of the test queries"):
+        script.main(["--data", small_data_path, "--out", str(tmp_path / "x.json"),
+                     str(tmp_path / "seen")])
