@@ -11,11 +11,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("capsat_runs", REPO / "bench/capsat_runs.py")
+def _script(name: str):
+    """A bench script (not a package module) loaded by its file name."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"bench/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench():
+    return _script("capsat_runs")
 
 
 def _run(folder: Path, scores: list[float], auc: float, ids: list[str]) -> Path:
@@ -47,13 +52,6 @@ def test_pair_reports_the_paired_routed_difference_and_refuses_other_queries(tmp
         bench.pair(run_a, other)
     with pytest.raises(FileNotFoundError, match="no eval"):
         bench.pair(tmp_path / "missing", run_b)
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_read_without_labels_scores_each_router_both_ways_and_refuses_seen_queries(

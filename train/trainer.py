@@ -23,8 +23,8 @@ cross-entropy.
 
 Before step 0, the task head is fitted alone on the loss queries' labels
 (``task_head_steps``, early-stopped on the validation queries'), since validation reads a
-share of its queries without their label, through it. Then the direct logit's start (a kNN over the evidence shrunk toward the per-task
-prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` (x
+share of its queries without their label, through it. Then the direct logit's start (a kNN
+over the evidence shrunk toward the per-task prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` (x
 ``start_prior_shrink_grid``: how far the prior's per-task accuracy shrinks) by
 ``start_select_on`` (``select_on`` unless set), on validation or (``start_queries: train``) on loss queries each read against
 the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
@@ -405,13 +405,12 @@ class CapsatTrainer:
         head = self.accelerator.unwrap_model(self.network).encoder.task_head
         rows = torch.from_numpy(np.asarray(self.data.loss_rows, dtype=np.int64))
         x, y = self.embeddings[rows].to(self.device), self.item_tasks[rows].to(self.device)
-        index = {t: i for i, t in enumerate(self.data.tasks)}
-        vx = torch.from_numpy(np.asarray(self.data.validation_embeddings, dtype=np.float32))
-        vy = torch.tensor([index.get(t, -1) for t in self.data.validation.tasks])
+        vy = self.router.task_indices(self.data.validation.tasks, len(self.data.validation))
         labelled = vy >= 0
+        vx = torch.from_numpy(np.asarray(self.data.validation_embeddings, dtype=np.float32))
+        vx, vy = vx[labelled].to(self.device), vy[labelled].to(self.device)
         optimizer = torch.optim.AdamW(head.parameters(), lr=TASK_HEAD_LR,
                                       weight_decay=self.config.weight_decay)
-        vx, vy = vx[labelled].to(self.device), vy[labelled].to(self.device)
         best = (math.inf, 0, None)  # (validation cross-entropy, step, state)
         for step in range(1, steps + 1):
             head.train()
