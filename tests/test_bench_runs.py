@@ -86,3 +86,23 @@ def test_read_without_labels_scores_each_router_both_ways_and_refuses_seen_queri
     with pytest.raises(ValueError, match="fitted on 2 of the test queries"):
         script.main(["--data", small_data_path, "--out", str(tmp_path / "x.json"),
                      str(tmp_path / "seen")])
+
+
+def test_known_label_ceiling_pairs_each_router_with_the_prior_of_every_size(small_data_path,
+                                                                           tmp_path):
+    """The known-label routers are scored on the held-out models' test rows once, and each
+    aptitude size's prior on the same rows: the paired AUC difference is the two AUCs' one."""
+    out = tmp_path / "ceiling.json"
+    _script("known_label_ceiling").main([
+        "--data", small_data_path, "--split", "model", "--test_size", "0.4",
+        "--aptitude-items", "8,16", "--routers", "knn", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert len(result["held_out_models"]) == 2
+    knn = result["known_label_routers"]["knn"]
+    assert set(result["aptitude_prior"]) == {"8", "16"}
+    for prior in result["aptitude_prior"].values():
+        gain = prior["versus"]["knn"]["auc_minus_prior"]
+        assert gain["difference"] == pytest.approx(knn["auc"] - prior["auc"])
+        assert gain["low"] <= gain["difference"] <= gain["high"]
+    # More aptitude items, another prior (two per task against four).
+    assert result["aptitude_prior"]["8"]["auc"] != result["aptitude_prior"]["16"]["auc"]
