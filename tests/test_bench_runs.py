@@ -106,3 +106,28 @@ def test_known_label_ceiling_pairs_each_router_with_the_prior_of_every_size(smal
         assert gain["low"] <= gain["difference"] <= gain["high"]
     # More aptitude items, another prior (two per task against four).
     assert result["aptitude_prior"]["8"]["auc"] != result["aptitude_prior"]["16"]["auc"]
+
+
+def test_trained_step_parts_keeps_step_0_routing_with_the_query_level_part_alone(
+        small_data_path, tiny_base, tmp_path):
+    """The query-level part of a checkpoint's change shifts every candidate of a query alike:
+    routing and query AUC stay step 0's, on validation and test; the whole change moves them."""
+    from train.data import prepare
+    from train.trainer import CapsatTrainer
+    from test_train import cli_args, recipe
+
+    model, config = recipe(small_data_path, tiny_base, tmp_path / "run", use_llm=False,
+                           encoder_steps=4, llm_steps=0, lr_encoder=0.05, start_knn_grid=[],
+                           start_prior_shrink_grid=[], start_difficulty_grid=[],
+                           task_label_share=0.0)
+    CapsatTrainer(model, config, prepare(config, progress=False)).train()
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    out = tmp_path / "parts.json"
+    _script("trained_step_parts").main(["--checkpoint", str(checkpoint), "--out", str(out),
+                                        "--", *cli_args(model, config)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    zero, level, trained = (rows["step 0"], rows["query-level part only"], rows["trained"])
+    for part in ("validation", "test"):
+        assert level[part]["routed_accuracy"] == zero[part]["routed_accuracy"]
+        assert level[part]["query_auc"] == pytest.approx(zero[part]["query_auc"])
+        assert trained[part]["log_loss"] != pytest.approx(zero[part]["log_loss"])
