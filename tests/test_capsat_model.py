@@ -655,3 +655,33 @@ def test_real_smollm2_router_scores_and_round_trips(data, tmp_path):
     router.save_pretrained(tmp_path / "r")
     np.testing.assert_allclose(Router.load(tmp_path / "r").predict_proba(texts), probs,
                                atol=1e-6)
+
+
+def test_onboarded_candidates_can_read_the_difficulty_with_a_weight_of_their_own(data,
+                                                                                  tmp_path):
+    """With onboarded_difficulty_weight, a candidate onboarded from its aptitude answers moves
+    by that weight times the difficulty and a known one by difficulty_weight, each as a
+    router with that one weight reads it; the weight is saved and loaded with the router, and
+    None reads every candidate with difficulty_weight."""
+    from capsat.routers import Queries
+
+    queries = Queries(data.validation.texts[:6], tasks=data.validation.tasks[:6])
+    model = data.split.train_models[0]
+    results = {q: float(data.table.scores.at[q, model]) for q in data.aptitude.item_ids}
+    probs, routers = {}, {}
+    for name, overrides in (("both", dict(difficulty_weight=0.5,
+                                          onboarded_difficulty_weight=2.0)),
+                            ("known", dict(difficulty_weight=0.5)),
+                            ("onboarded", dict(difficulty_weight=2.0))):
+        own = dataclasses.replace(data, bank=copy.deepcopy(data.bank))  # onboarding adds a row
+        routers[name] = _encoder_only(own, difficulty_k=4, **overrides)
+        routers[name].onboard("newcomer", results)
+        probs[name] = routers[name].predict_proba(queries)
+    m = len(data.train_models)
+    np.testing.assert_allclose(probs["both"][:, :m], probs["known"][:, :m], atol=1e-6)
+    np.testing.assert_allclose(probs["both"][:, m], probs["onboarded"][:, m], atol=1e-6)
+    assert np.abs(probs["known"][:, m] - probs["onboarded"][:, m]).max() > 1e-3
+    routers["both"].save_pretrained(tmp_path / "r")
+    again = CapsatRouter.from_pretrained(tmp_path / "r")
+    assert again.config.onboarded_difficulty_weight == 2.0
+    np.testing.assert_allclose(again.predict_proba(queries), probs["both"], atol=1e-6)

@@ -961,3 +961,40 @@ def test_accelerate_two_processes_and_sigkill_resume(small_data_path, tiny_base,
     a = load_file(str(tmp_path / "whole" / final))
     b = load_file(str(tmp_path / "cut" / final))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_onboarded_candidates_get_a_difficulty_weight_picked_as_they_are_read(
+        small_data_path, tiny_base, tmp_path):
+    """Where onboarded candidates get a start of their own (validation on the banks), the
+    re-pick after the encoder stage also picks their difficulty weight, on the log-loss of
+    validation that reads every training model from the sampled items (each weight's
+    log-loss is that validation's); it is saved with the router and restored on resume. A
+    model split, validated as onboarded already, picks one weight for all."""
+    grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, eval_every=2, start_knn_grid=[0],
+                 onboarded_start_evidence="sampled", onboarded_start_shrink_grid=[4.0],
+                 start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40,
+                 difficulty_weight=0.0)
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "query", **grids)
+    start = trainer.train()["start"]
+    picked = start["difficulty_after_encoder"]["onboarded"]
+    assert picked["reads"] == "sampled"
+    assert [t["difficulty_weight"] for t in picked["tried"]] == [0.0, 1.0, 2.0]
+    beta = min(picked["tried"], key=lambda t: t["val_log_loss"])["difficulty_weight"]
+    assert picked["onboarded_difficulty_weight"] == beta == start["onboarded_difficulty_weight"]
+    network = trainer.accelerator.unwrap_model(trainer.network)
+    network.load_trainable_state(trainer.best_state)
+    sampled = validation_items(trainer.data, "sampled", trainer.config.seed)
+    for tried in picked["tried"]:
+        trainer._apply_onboarded_difficulty_weight(tried["difficulty_weight"])
+        probs, scores = trainer.validation_probabilities("encoder", sampled)
+        assert M.log_loss(probs, scores) == pytest.approx(tried["val_log_loss"], rel=1e-9)
+    assert len({round(t["val_log_loss"], 9) for t in picked["tried"]}) == 3
+    saved = json.loads((tmp_path / "query" / "best" / "config.json").read_text())
+    assert saved["onboarded_difficulty_weight"] == beta
+    again = _trainer(small_data_path, tiny_base, tmp_path / "query", resume=True, **grids)
+    again.load_checkpoint(again.latest_checkpoint())
+    encoder = again.accelerator.unwrap_model(again.network).encoder
+    assert encoder.onboarded_difficulty_weight == beta
+    model_split = _trainer(small_data_path, tiny_base, tmp_path / "model", split="model",
+                           **grids)
+    assert model_split.pick_onboarded_difficulty_weight() is None

@@ -506,9 +506,9 @@ class CapsatTrainer:
         overall accuracy. None where it does not apply (a router validated as onboarded reads
         every candidate with the one start it picked)."""
         c = self.config
-        if c.onboarded_start_evidence == "none" or c.validates_as_onboarded:
+        items = self._onboarded_validation_items()
+        if items is None:
             return None
-        items = validation_items(self.data, c.onboarded_start_evidence, c.seed)
         shrinks = sorted({float(s) for s in c.onboarded_start_shrink_grid})
         best, searched = self._search_starts(
             shrinks, lambda: self._timed("validation_encoder", self.validation_probabilities,
@@ -517,6 +517,41 @@ class CapsatTrainer:
         chosen = [best["start_knn"], best["start_knn_weight"], best["start_prior_shrink"]]
         self._apply_onboarded_start(*chosen)
         return {"onboarded_start": chosen, "reads": c.onboarded_start_evidence, **searched}
+
+    def _onboarded_validation_items(self) -> list[str] | None:
+        """The bank items validation reads the training models from, as onboarded, where
+        onboarded candidates get a start of their own (None: they do not)."""
+        c = self.config
+        if c.onboarded_start_evidence == "none" or c.validates_as_onboarded:
+            return None
+        return validation_items(self.data, c.onboarded_start_evidence, c.seed)
+
+    def pick_onboarded_difficulty_weight(self) -> dict | None:
+        """Where onboarded candidates get a start of their own: their weight on the query's
+        difficulty too, lowest log-loss of ``start_difficulty_grid`` on validation that reads
+        the training models as onboarded (``_onboarded_validation_items``). A per-task
+        accuracy on 10 items a task says less of the query than a bank does, so the
+        difficulty may earn more there than validation on the banks gives it. Applies the
+        choice; None where it does not apply."""
+        items = self._onboarded_validation_items()
+        if items is None or not self.router.config.difficulty_k or \
+                len(self._difficulty_grid()) < 2:
+            return None
+        tried = []
+        for beta in self._difficulty_grid():
+            self._apply_onboarded_difficulty_weight(beta)
+            probs, scores = self._timed("validation_encoder", self.validation_probabilities,
+                                        "encoder", items)
+            tried.append({"difficulty_weight": beta, "val_log_loss": M.log_loss(probs, scores)})
+        best = min(tried, key=lambda t: t["val_log_loss"])  # the first, smallest, of equals
+        self._apply_onboarded_difficulty_weight(best["difficulty_weight"])
+        return {"onboarded_difficulty_weight": best["difficulty_weight"],
+                "reads": self.config.onboarded_start_evidence, "tried": tried}
+
+    def _apply_onboarded_difficulty_weight(self, beta: float | None) -> None:
+        beta = None if beta is None else float(beta)
+        self.accelerator.unwrap_model(self.network).encoder.onboarded_difficulty_weight = beta
+        self.router.config.onboarded_difficulty_weight = beta
 
     def _apply_onboarded_start(self, k: int, weight: float, shrink: float) -> None:
         start = [int(k), float(weight), float(shrink)]
@@ -561,7 +596,11 @@ class CapsatTrainer:
             self._apply_difficulty_weight(model.difficulty_weight)
             return {"difficulty_weight": model.difficulty_weight}
         tried, _ = self._try_difficulty_weights()
-        return {"difficulty_weight": model.difficulty_weight, "difficulty_tried": tried}
+        onboarded = self.pick_onboarded_difficulty_weight()
+        return {"difficulty_weight": model.difficulty_weight, "difficulty_tried": tried,
+                **({"onboarded_difficulty": onboarded,
+                    "onboarded_difficulty_weight": onboarded["onboarded_difficulty_weight"]}
+                   if onboarded else {})}
 
     def _difficulty_grid(self) -> list[float]:
         return sorted({float(b) for b in self.config.start_difficulty_grid})
@@ -600,19 +639,28 @@ class CapsatTrainer:
             before = model.difficulty_weight
             current = unwrapped.trainable_state()
             unwrapped.load_trainable_state(self.best_state)  # the router kept so far
+            onboarded_before = model.onboarded_difficulty_weight
             tried, record = self._try_difficulty_weights()
+            last_validation = self.last_validation  # the banks' reading, with the new weight
+            onboarded = self.pick_onboarded_difficulty_weight()
             beta = model.difficulty_weight
             if beta != before:
                 kept = {"step": self.best["step"], "stage": self.best["stage"], **record}
                 self.best["score"] = self.selection_score(kept)
-                self.best_validation = self.last_validation
+                self.best_validation = last_validation
                 self.router.model_card_table = validation_card(kept)
+            if beta != before or model.onboarded_difficulty_weight != onboarded_before:
                 self._timed("save_best", self.save_best)
             unwrapped.load_trainable_state(current)
-            choice = [{"difficulty_weight": beta, "trained_with": before, "tried": tried}]
+            choice = [{"difficulty_weight": beta, "trained_with": before, "tried": tried,
+                       **({"onboarded": onboarded} if onboarded else {})}]
         choice = broadcast_object_list(choice)[0]
         self._apply_difficulty_weight(choice["difficulty_weight"])
         self.start["difficulty_weight"] = choice["difficulty_weight"]
+        if "onboarded" in choice:
+            weight = choice["onboarded"]["onboarded_difficulty_weight"]
+            self._apply_onboarded_difficulty_weight(weight)
+            self.start["onboarded_difficulty_weight"] = weight
         self.start["difficulty_after_encoder"] = choice
         return choice
 
@@ -727,6 +775,8 @@ class CapsatTrainer:
         if "onboarded" in self.start:
             self._apply_onboarded_start(*self.start["onboarded"]["onboarded_start"])
         self._apply_difficulty_weight(self.start["difficulty_weight"])
+        if self.start.get("onboarded_difficulty_weight") is not None:
+            self._apply_onboarded_difficulty_weight(self.start["onboarded_difficulty_weight"])
 
     def save_best(self) -> None:
         if self.accelerator.is_main_process:

@@ -25,7 +25,8 @@ class CapsatConfig(RouterConfig):
 
     behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0,
                                         "start_prior_shrink": 0.0, "onboarded_start": None,
-                                        "difficulty_ridge": 0.0}
+                                        "difficulty_ridge": 0.0,
+                                        "onboarded_difficulty_weight": None}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
@@ -76,6 +77,11 @@ class CapsatConfig(RouterConfig):
     difficulty_weight: float = help_field(0.0, "the direct logit's start moves by this times "
                                           "that difficulty (a calibration that changes no "
                                           "routing); training picks it on validation log-loss")
+    onboarded_difficulty_weight: float | None = help_field(
+        None, "that weight for the candidates read from a few items (onboarded models): "
+        "their per-task accuracy on 10 items a task says less of the query than a bank does, "
+        "so the difficulty can say more; None: difficulty_weight; training picks it on "
+        "validation log-loss that reads the training models as onboarded")
     encoder_hidden: int = help_field(128, "hidden width of the encoder's MLP")
     capability_dim: int = help_field(128, "width of the capability vector (conditioned on the "
                                      "instruction) that becomes the soft tokens")

@@ -207,7 +207,8 @@ class EvidenceEncoder(nn.Module):
                  start_knn: int = 0, start_knn_weight: float = 4.0,
                  start_prior_shrink: float = 0.0, difficulty_k: int = 0,
                  difficulty_weight: float = 0.0, difficulty_ridge: float = 0.0,
-                 onboarded_start: tuple[int, float, float] | None = None):
+                 onboarded_start: tuple[int, float, float] | None = None,
+                 onboarded_difficulty_weight: float | None = None):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
         #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
@@ -226,6 +227,9 @@ class EvidenceEncoder(nn.Module):
         #: The query's difficulty: the pool's success on its ``difficulty_k`` most similar
         #: items, an input of the MLP (0: off) and, times ``difficulty_weight``, of the start.
         self.difficulty_k, self.difficulty_weight = int(difficulty_k), float(difficulty_weight)
+        #: That weight for the candidates read from a few items (None: ``difficulty_weight``).
+        self.onboarded_difficulty_weight = (None if onboarded_difficulty_weight is None
+                                            else float(onboarded_difficulty_weight))
         #: > 0: that difficulty is the mean of the kNN's and the ridge regression's
         #: (``Evidence.difficulty_weights``, fitted with this penalty where evidence is built).
         self.difficulty_ridge = float(difficulty_ridge)
@@ -340,6 +344,15 @@ class EvidenceEncoder(nn.Module):
                 start[..., 1] + weight)
         return (start[..., 0] + weight * by_task[..., 0]) / (start[..., 1] + weight)
 
+    def start_difficulty_weights(self, evidence: Evidence) -> torch.Tensor:
+        """(M,) each candidate's weight on the query's difficulty in the start: the
+        onboarded one where a candidate is read from a few items and one is set."""
+        weights = torch.full((evidence.n_candidates,), self.difficulty_weight)
+        if self.onboarded_difficulty_weight is not None and evidence.onboarded is not None:
+            weights = torch.where(evidence.onboarded.cpu(),
+                                  torch.tensor(self.onboarded_difficulty_weight), weights)
+        return weights
+
     def task_posterior(self, task_logits: torch.Tensor,
                        known_tasks: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) which task each instruction is: its label where ``known_tasks`` (B,) gives
@@ -412,8 +425,9 @@ class EvidenceEncoder(nn.Module):
             onboarded = self._begin(start[:, :, 1], *starts[1][1:], evidence, posterior, by_task)
             begin = torch.where(evidence.onboarded[None], onboarded, begin)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
-        if difficulty is not None and self.difficulty_weight:
-            prior = prior + self.difficulty_weight * difficulty
+        if difficulty is not None:
+            weights = self.start_difficulty_weights(evidence).to(difficulty)
+            prior = prior + weights[None] * difficulty
         direct = prior + self.readout(capability)[..., 0]
         discrimination, b_q = self.item_parameters(query_embeddings)
         ability = self.abilities(evidence)
