@@ -21,6 +21,7 @@ copies the summary and results there (bench/results/...).
 
     python bench/capsat_runs.py --render runs/capsat_bench/NAME/summary.json   # the table again
     python bench/capsat_runs.py --pair runs/capsat_bench/A runs/capsat_bench/B  # B - A, paired
+    python bench/capsat_runs.py --seeds RUN_SEED0 RUN_SEED1 ...  # the same data over seeds
 """
 from __future__ import annotations
 
@@ -112,6 +113,54 @@ def pair(run_a: Path, run_b: Path) -> str:
     return "\n".join(lines)
 
 
+CLASSIC = ["knn", "kmeans", "classifier", "multilabel", "irt", "mf"]
+
+
+def over_seeds(runs: list[Path]) -> str:
+    """Query-split runs of one data set on several seeds: per seed, CapSAT minus kNN, the best
+    classic router and the per-task best single model (routed), and its query AUC minus the
+    best classic one's (the best picked on test per seed: the strictest comparison); then the
+    mean over seeds, with an approximate 95% interval from the per-seed bootstrap standard
+    errors (interval width / 3.92) taken as independent (the seeds' test parts overlap)."""
+    import json
+    import math
+
+    keys = ["knn", "classic", "per_task", "query_auc"]
+    per_seed = {k: [] for k in keys}
+    lines = ["| run | seed | CapSAT routed; query AUC | − kNN | − best classic (routed) | "
+             "− per-task best | query AUC − best classic's |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        (size, evaluation), *more = summary["evaluations"].items()
+        if more or evaluation["split"]["kind"] != "query":
+            raise ValueError(f"{run}: not a query-split run (one evaluation)")
+        routers, minus = evaluation["routers"], evaluation["capsat_minus"]
+        best = max(CLASSIC, key=lambda n: routers[n]["routed_accuracy"])
+        best_query_auc = max(CLASSIC, key=lambda n: routers[n]["query_auc"])
+        cells = {"knn": minus["knn"]["routed_accuracy"],
+                 "classic": minus[best]["routed_accuracy"],
+                 "per_task": minus["per_task_best_single"]["routed_accuracy"],
+                 "query_auc": minus[best_query_auc]["query_auc"]}
+        for key in keys:
+            per_seed[key].append(cells[key])
+        mine = routers["capsat:best"]
+        lines.append(f"| {run.name} | {evaluation['split']['seed']} | "
+                     f"{mine['routed_accuracy']:.4f}; {mine['query_auc']:.4f} | "
+                     f"{interval(cells['knn'])} | {best}: {interval(cells['classic'])} | "
+                     f"{interval(cells['per_task'])} | {best_query_auc}: "
+                     f"{interval(cells['query_auc'])} |")
+
+    def mean(values: list[dict]) -> str:
+        mu = sum(v["difference"] for v in values) / len(values)
+        se = math.sqrt(sum(((v["high"] - v["low"]) / 3.92) ** 2 for v in values)) / len(values)
+        at_least = sum(v["difference"] >= 0 for v in values)
+        return (f"{mu:+.4f} [{mu - 1.96 * se:+.4f}, {mu + 1.96 * se:+.4f}] "
+                f"({at_least}/{len(values)} ≥ 0)")
+    lines.append(f"| mean of {len(runs)} | | | " + " | ".join(mean(per_seed[k]) for k in keys)
+                 + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--render"]:
@@ -124,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) != 3:
             raise SystemExit("usage: capsat_runs.py --pair RUN_A RUN_B (two run folders)")
         print(pair(Path(argv[1]), Path(argv[2])))
+        return 0
+    if argv[:1] == ["--seeds"]:
+        if len(argv) < 3:
+            raise SystemExit("usage: capsat_runs.py --seeds RUN RUN [RUN ...] (query-split run "
+                             "folders of one data set)")
+        print(over_seeds([Path(p) for p in argv[1:]]))
         return 0
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv

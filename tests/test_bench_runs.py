@@ -131,3 +131,41 @@ def test_trained_step_parts_keeps_step_0_routing_with_the_query_level_part_alone
         assert level[part]["routed_accuracy"] == zero[part]["routed_accuracy"]
         assert level[part]["query_auc"] == pytest.approx(zero[part]["query_auc"])
         assert trained[part]["log_loss"] != pytest.approx(zero[part]["log_loss"])
+
+
+def test_over_seeds_means_the_per_seed_differences_and_refuses_other_splits(tmp_path):
+    """The mean row is the mean of each seed's paired difference, its interval from the
+    seeds' standard errors; the best classic router is the one with the best routed accuracy
+    on that seed; a model-split run is refused."""
+    script = _script("capsat_runs")
+
+    def diff(d, half):
+        return {"difference": d, "low": d - half, "high": d + half}
+
+    runs = []
+    for seed, (knn, kmeans) in enumerate([(0.02, -0.01), (0.04, 0.03)]):
+        classic = {n: {"routed_accuracy": 0.5, "query_auc": 0.6} for n in script.CLASSIC}
+        classic["kmeans"] = {"routed_accuracy": 0.9, "query_auc": 0.7}
+        minus = {n: {"routed_accuracy": diff(0.0, 0.01), "query_auc": diff(0.0, 0.01)}
+                 for n in script.CLASSIC}
+        minus["knn"]["routed_accuracy"] = diff(knn, 0.0196)
+        minus["kmeans"] = {"routed_accuracy": diff(kmeans, 0.0392), "query_auc": diff(0.001, 0.01)}
+        minus["per_task_best_single"] = {"routed_accuracy": diff(0.0, 0.0)}
+        summary = {"evaluations": {"140": {
+            "split": {"kind": "query", "seed": seed}, "capsat_minus": minus,
+            "routers": {"capsat:best": {"routed_accuracy": 0.6, "query_auc": 0.65}, **classic}}}}
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    table = script.over_seeds(runs)
+    mean_row = table.splitlines()[-1]
+    # kNN: (0.02 + 0.04) / 2; standard errors 0.01 each -> sqrt(2) x 0.01 / 2.
+    half = 1.96 * (2 ** 0.5) * 0.01 / 2
+    assert f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}] (2/2 ≥ 0)" in mean_row
+    assert "+0.0100 [" in mean_row and "(1/2 ≥ 0)" in mean_row  # kmeans, the best classic
+    assert "kmeans: -0.0100" in table
+    summary["evaluations"]["140"]["split"]["kind"] = "model"
+    (runs[1] / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="not a query-split run"):
+        script.over_seeds(runs)
