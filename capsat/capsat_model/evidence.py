@@ -38,8 +38,9 @@ one, so a few items per task say little and every task keeps its level), plus
 ``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
 for every candidate, so it changes routing little; training picks it on validation
 log-loss). A candidate read from a few items (``Evidence.onboarded``: a model onboarded from
-its aptitude answers) can have a start of its own (``onboarded_start``), picked on validation
-that reads the training models as onboarded.
+its aptitude answers) can have a start of its own (``onboarded_start``) and a difficulty weight
+of its own (``onboarded_difficulty_weight``), picked on validation that reads the training
+models as onboarded.
 
 Nothing per-instruction that training could fit to its own loss queries enters the direct
 path: what it knows of the instruction comes through other items (attention, kNN, task).
