@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
 
     from safetensors.torch import load_file
+    from scipy.special import logit
 
     from capsat.evaluation import metrics as M
     from capsat.routers import Queries
@@ -67,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         router.network = trainer.accelerator.unwrap_model(trainer.network)
         router._evidence, router.read_through_llm, router.progress = None, False, False
         test_probs = router.predict_proba(queries, models)
-        clip = lambda p: np.clip(p, 1e-7, 1 - 1e-7)
-        return (np.log(clip(val_probs) / (1 - clip(val_probs))),
-                np.log(clip(test_probs) / (1 - clip(test_probs))), val_scores)
+        clipped = lambda p: logit(np.clip(p, 1e-7, 1 - 1e-7))  # float32 sigmoids reach 1
+        return clipped(val_probs), clipped(test_probs), val_scores
 
     read = {}
     for name in ("step 0", "trained"):

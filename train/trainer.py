@@ -24,19 +24,20 @@ cross-entropy.
 Before step 0, the task head is fitted alone on the loss queries' labels
 (``task_head_steps``, early-stopped on the validation queries'), since validation reads a
 share of its queries without their label, through it. Then the direct logit's start (a kNN
-over the evidence shrunk toward the per-task prior, or the prior alone) is picked from ``start_knn_grid`` x ``start_knn_weight_grid`` (x
-``start_prior_shrink_grid``: how far the prior's per-task accuracy shrinks) by
-``start_select_on`` (``select_on`` unless set), on validation or (``start_queries: train``) on loss queries each read against
-the bank without itself; a kNN start must beat the prior by ``start_min_gain_se`` paired
-bootstrap standard errors over those queries. With validation on the banks and
-``onboarded_start_evidence``, the start of candidates read from a few items (onboarded
-models; in steps, those reading a sample) is picked the same way, with
-``onboarded_start_shrink_grid``, on validation reading the training models from sampled (or
-core) items. The start's weight on the query's
+over the evidence shrunk toward the per-task prior, or the prior alone) is picked from
+``start_knn_grid`` x ``start_knn_weight_grid`` (x ``start_prior_shrink_grid``: how far the
+prior's per-task accuracy shrinks) by ``start_select_on`` (``select_on`` unless set), on
+validation or (``start_queries: train``) on loss queries each read against the bank without
+itself; a kNN start must beat the prior by ``start_min_gain_se`` paired bootstrap standard
+errors over those queries. With validation on the banks and ``onboarded_start_evidence``, the
+start of candidates read from a few items (onboarded models; in steps, those reading a
+sample) is picked the same way, with ``onboarded_start_shrink_grid``, on validation reading
+the training models from sampled (or core) items. The start's weight on the query's
 difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
 stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
 the model config's weight, 0 by default), and before step 0 too with
-``pick_difficulty_before_training``.
+``pick_difficulty_before_training``; onboarded candidates get theirs on the onboarded
+validation (``onboarded_difficulty_weight``).
 Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
 scores the validation queries, a ``task_label_share`` of them with their task label, against
 every training model's whole bank (its aptitude items alone in model and family splits:
@@ -45,8 +46,9 @@ query AUC by default; one of the llm stage must beat the encoder stage's by
 ``llm_min_gain_queries`` validation queries; with ``checkpoint_min_gain_se`` any step must
 beat the kept router by that many paired bootstrap standard errors over the validation
 queries, so a start that routes like the per-task best model is not traded for noise); one
-kept from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps draw their samples from a generator seeded
-by (seed, step, process), so a run resumed from a checkpoint equals an uninterrupted one.
+kept from the encoder stage (gate 0) is saved without the LLM, which adds nothing. Steps
+draw their samples from a generator seeded by (seed, step, process), so a run resumed from
+a checkpoint equals an uninterrupted one.
 Checkpoints are safetensors + JSON folders written atomically.
 """
 from __future__ import annotations
@@ -518,6 +520,11 @@ class CapsatTrainer:
         self._apply_onboarded_start(*chosen)
         return {"onboarded_start": chosen, "reads": c.onboarded_start_evidence, **searched}
 
+    def _picks_onboarded_difficulty(self) -> bool:
+        c = self.config
+        return bool(c.onboarded_start_evidence != "none" and not c.validates_as_onboarded
+                    and self.router.config.difficulty_k and len(self._difficulty_grid()) >= 2)
+
     def _onboarded_validation_items(self) -> list[str] | None:
         """The bank items validation reads the training models from, as onboarded, where
         onboarded candidates get a start of their own (None: they do not)."""
@@ -533,19 +540,16 @@ class CapsatTrainer:
         accuracy on 10 items a task says less of the query than a bank does, so the
         difficulty may earn more there than validation on the banks gives it. Applies the
         choice; None where it does not apply."""
-        items = self._onboarded_validation_items()
-        if items is None or not self.router.config.difficulty_k or \
-                len(self._difficulty_grid()) < 2:
+        if not self._picks_onboarded_difficulty():
             return None
-        tried = []
-        for beta in self._difficulty_grid():
-            self._apply_onboarded_difficulty_weight(beta)
+        items = self._onboarded_validation_items()
+        def evaluate() -> tuple[float, None]:
             probs, scores = self._timed("validation_encoder", self.validation_probabilities,
                                         "encoder", items)
-            tried.append({"difficulty_weight": beta, "val_log_loss": M.log_loss(probs, scores)})
-        best = min(tried, key=lambda t: t["val_log_loss"])  # the first, smallest, of equals
-        self._apply_onboarded_difficulty_weight(best["difficulty_weight"])
-        return {"onboarded_difficulty_weight": best["difficulty_weight"],
+            return M.log_loss(probs, scores), None
+        tried, best, _ = self._lowest_log_loss(self._apply_onboarded_difficulty_weight,
+                                               evaluate)
+        return {"onboarded_difficulty_weight": tried[best]["difficulty_weight"],
                 "reads": self.config.onboarded_start_evidence, "tried": tried}
 
     def _apply_onboarded_difficulty_weight(self, beta: float | None) -> None:
@@ -609,16 +613,26 @@ class CapsatTrainer:
         """Validate the current network with every weight of the grid and apply the one of
         lowest log-loss (the first, smallest, of equals). Returns (each weight's log-loss,
         the chosen weight's validation record)."""
-        tried, records, validations = [], [], []
+        def evaluate() -> tuple[float, tuple]:
+            record = self._timed("validation_encoder", self.validate, "encoder")
+            return record["val_log_loss"], (record, self.last_validation)
+        tried, best, outputs = self._lowest_log_loss(self._apply_difficulty_weight, evaluate)
+        record, self.last_validation = outputs[best]  # the network as it now stands
+        return tried, record
+
+    def _lowest_log_loss(self, apply, evaluate) -> tuple[list[dict], int, list]:
+        """Every weight of ``start_difficulty_grid`` applied by ``apply`` and scored by
+        ``evaluate()`` -> (validation log-loss, output); the lowest (the first, smallest, of
+        equals) is applied. Returns (each weight's log-loss, the chosen index, the outputs)."""
+        tried, outputs = [], []
         for beta in self._difficulty_grid():
-            self._apply_difficulty_weight(beta)
-            records.append(self._timed("validation_encoder", self.validate, "encoder"))
-            validations.append(self.last_validation)
-            tried.append({"difficulty_weight": beta, "val_log_loss": records[-1]["val_log_loss"]})
+            apply(beta)
+            log_loss, output = evaluate()
+            tried.append({"difficulty_weight": beta, "val_log_loss": log_loss})
+            outputs.append(output)
         best = min(range(len(tried)), key=lambda i: tried[i]["val_log_loss"])
-        self._apply_difficulty_weight(tried[best]["difficulty_weight"])
-        self.last_validation = validations[best]  # the network as it now stands
-        return tried, records[best]
+        apply(tried[best]["difficulty_weight"])
+        return tried, best, outputs
 
     def _repicks_difficulty(self) -> bool:
         return bool(self.config.repick_difficulty_after_encoder
@@ -641,13 +655,12 @@ class CapsatTrainer:
             unwrapped.load_trainable_state(self.best_state)  # the router kept so far
             onboarded_before = model.onboarded_difficulty_weight
             tried, record = self._try_difficulty_weights()
-            last_validation = self.last_validation  # the banks' reading, with the new weight
-            onboarded = self.pick_onboarded_difficulty_weight()
+            onboarded = self.pick_onboarded_difficulty_weight()  # leaves last_validation
             beta = model.difficulty_weight
             if beta != before:
                 kept = {"step": self.best["step"], "stage": self.best["stage"], **record}
                 self.best["score"] = self.selection_score(kept)
-                self.best_validation = last_validation
+                self.best_validation = self.last_validation
                 self.router.model_card_table = validation_card(kept)
             if beta != before or model.onboarded_difficulty_weight != onboarded_before:
                 self._timed("save_best", self.save_best)
@@ -818,8 +831,10 @@ class CapsatTrainer:
         finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
                   + t.get("save_best", 0.0))
         if stage == "encoder" and self._repicks_difficulty():
-            # the re-pick after the last encoder step: one validation per weight, maybe a save
-            finish += (len(self._difficulty_grid()) * t.get("validation_encoder", 0.0)
+            # the re-pick after the last encoder step: one validation per weight (twice with
+            # the onboarded candidates' own), maybe a save
+            readings = 2 if self._picks_onboarded_difficulty() else 1
+            finish += (readings * len(self._difficulty_grid()) * t.get("validation_encoder", 0.0)
                        + t.get("save_best", 0.0))
         remaining = t.get(f"step_max_{stage}", 0.0) + finish
         projected = (time.perf_counter() - started

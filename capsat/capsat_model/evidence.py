@@ -345,13 +345,15 @@ class EvidenceEncoder(nn.Module):
                 start[..., 1] + weight)
         return (start[..., 0] + weight * by_task[..., 0]) / (start[..., 1] + weight)
 
-    def start_difficulty_weights(self, evidence: Evidence) -> torch.Tensor:
-        """(M,) each candidate's weight on the query's difficulty in the start: the
-        onboarded one where a candidate is read from a few items and one is set."""
-        weights = torch.full((evidence.n_candidates,), self.difficulty_weight)
+    def start_difficulty_weights(self, evidence: Evidence, like: torch.Tensor) -> torch.Tensor:
+        """(M,) each candidate's weight on the query's difficulty in the start (dtype and
+        device of ``like``): the onboarded one where a candidate is read from a few items and
+        one is set."""
+        weights = torch.full((evidence.n_candidates,), self.difficulty_weight, dtype=like.dtype,
+                             device=like.device)
         if self.onboarded_difficulty_weight is not None and evidence.onboarded is not None:
-            weights = torch.where(evidence.onboarded.cpu(),
-                                  torch.tensor(self.onboarded_difficulty_weight), weights)
+            weights = torch.where(evidence.onboarded.to(like.device),
+                                  weights.new_tensor(self.onboarded_difficulty_weight), weights)
         return weights
 
     def task_posterior(self, task_logits: torch.Tensor,
@@ -426,9 +428,9 @@ class EvidenceEncoder(nn.Module):
             onboarded = self._begin(start[:, :, 1], *starts[1][1:], evidence, posterior, by_task)
             begin = torch.where(evidence.onboarded[None], onboarded, begin)
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
-        if difficulty is not None:
-            weights = self.start_difficulty_weights(evidence).to(difficulty)
-            prior = prior + weights[None] * difficulty
+        if difficulty is not None and (self.difficulty_weight
+                                       or self.onboarded_difficulty_weight):
+            prior = prior + self.start_difficulty_weights(evidence, difficulty)[None] * difficulty
         direct = prior + self.readout(capability)[..., 0]
         discrimination, b_q = self.item_parameters(query_embeddings)
         ability = self.abilities(evidence)
