@@ -740,6 +740,54 @@ def test_the_encoder_can_train_without_the_difficulty_s_start_and_pick_it_after(
     assert Router.load(tmp_path / "best").config.difficulty_weight == beta
 
 
+def test_the_difficulty_weights_can_be_picked_on_loss_queries_left_out_of_the_bank(
+        small_data_path, tiny_base, tmp_path):
+    """With difficulty_queries 'train' the re-pick reads the start's loss queries out of the
+    bank (start_queries may stay on validation): each weight's log-loss is that reading's, the
+    onboarded candidates' weight reads the training models from the sampled items there, and
+    the weights picked are saved. A kept router that is a trained step was fitted on those
+    queries, so its weights are picked on validation."""
+    grids = dict(use_llm=False, encoder_steps=4, llm_steps=0, eval_every=2, start_knn_grid=[0],
+                 onboarded_start_evidence="sampled", onboarded_start_shrink_grid=[4.0],
+                 start_difficulty_grid=[2.0, 0.0, 1.0], max_validation_queries=40,
+                 difficulty_weight=0.0, difficulty_queries="train", start_train_queries=60,
+                 checkpoint_min_gain_se=1e9)  # step 0 is kept
+    trainer = _trainer(small_data_path, tiny_base, tmp_path, **grids)
+    assert len(trainer.start_rows) == 60 and trainer.config.start_queries == "validation"
+    start = trainer.train()["start"]
+    assert trainer.best["step"] == 0 and "start_train" in trainer.timing
+    choice = start["difficulty_after_encoder"]
+    assert choice["picked_on"].startswith("train (60 loss queries")
+    assert [t["difficulty_weight"] for t in choice["tried"]] == [0.0, 1.0, 2.0]
+    network = trainer.accelerator.unwrap_model(trainer.network)
+    network.load_trainable_state(trainer.best_state)
+    for tried in choice["tried"]:
+        trainer._apply_difficulty_weight(tried["difficulty_weight"])
+        probs, scores = trainer.start_probabilities()
+        assert M.log_loss(probs, scores) == pytest.approx(tried["train_log_loss"], rel=1e-9)
+    assert len({round(t["train_log_loss"], 9) for t in choice["tried"]}) == 3
+    beta = min(choice["tried"], key=lambda t: t["train_log_loss"])["difficulty_weight"]
+    trainer._apply_difficulty_weight(beta)
+    picked = choice["onboarded"]
+    assert picked["picked_on"] == choice["picked_on"]
+    sampled = validation_items(trainer.data, "sampled", trainer.config.seed)
+    for tried in picked["tried"]:
+        trainer._apply_onboarded_difficulty_weight(tried["difficulty_weight"])
+        probs, scores = trainer.start_probabilities(sampled)
+        assert M.log_loss(probs, scores) == pytest.approx(tried["train_log_loss"], rel=1e-9)
+    onboarded_beta = min(picked["tried"], key=lambda t: t["train_log_loss"])["difficulty_weight"]
+    saved = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert (saved["difficulty_weight"], saved["onboarded_difficulty_weight"]) == (
+        beta, onboarded_beta)
+    # The kept router a trained step: validation picks.
+    trainer.best["step"] = 4
+    tried, _, picked_on = trainer._try_difficulty_weights()
+    assert picked_on.startswith("validation (the kept router, step 4")
+    assert all("val_log_loss" in t for t in tried)
+    with pytest.raises(ValueError, match="difficulty_queries"):
+        TrainConfig(difficulty_queries="test")
+
+
 def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mmlu_small):
     trainer = _trainer(small_data_path, tiny_base, tmp_path, llm_min_gain_queries=0)
     result = trainer.train()

@@ -138,9 +138,20 @@ class TrainConfig:
                                     "trained parameters to overfit them; each read with its "
                                     "task label, as test queries are, since the task head "
                                     "was fitted on these very queries)")
-    start_train_queries: int = help_field(4000, "with start_queries 'train': at most this "
-                                                "many loss queries (a seeded sample of those "
-                                                "every fitted model has a score on)")
+    start_train_queries: int = help_field(4000, "with start_queries or difficulty_queries "
+                                                "'train': at most this many loss queries (a "
+                                                "seeded sample of those every fitted model "
+                                                "has a score on)")
+    difficulty_queries: str = help_field("validation", "where the difficulty weights "
+                                         "(difficulty_weight, and onboarded_difficulty_weight) "
+                                         "are picked by log-loss: 'validation' or 'train' (the "
+                                         "start_train_queries loss queries read out of the bank, "
+                                         "as start_queries 'train' reads them: one weight on "
+                                         "thousands of (query, model) pairs instead of "
+                                         "validation's few hundred queries; where the router "
+                                         "kept at the encoder stage's end is a trained step, "
+                                         "fitted on those queries, its weight is picked on "
+                                         "validation)")
     start_difficulty_grid: list[float] = help_field([0.0, 0.5, 1.0, 1.5, 2.0], "values of "
                                                     "the model's difficulty_weight tried on "
                                                     "validation after the start (lowest "
@@ -266,9 +277,10 @@ class TrainConfig:
                 or any(float(s) < 0 for s in self.onboarded_start_shrink_grid)):
             raise ValueError(f"onboarded_start_shrink_grid must hold values >= 0, got "
                              f"{self.onboarded_start_shrink_grid}")
-        if self.start_queries not in START_QUERIES:
-            raise ValueError(f"start_queries must be one of {START_QUERIES}, got "
-                             f"{self.start_queries!r}")
+        for name in ("start_queries", "difficulty_queries"):
+            if getattr(self, name) not in START_QUERIES:
+                raise ValueError(f"{name} must be one of {START_QUERIES}, got "
+                                 f"{getattr(self, name)!r}")
         if int(self.start_train_queries) < 1:
             raise ValueError(f"start_train_queries must be >= 1, got "
                              f"{self.start_train_queries}")

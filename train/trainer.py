@@ -37,7 +37,9 @@ difficulty is picked from ``start_difficulty_grid`` on validation log-loss at th
 stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
 the model config's weight, 0 by default), and before step 0 too with
 ``pick_difficulty_before_training``; onboarded candidates get theirs on the onboarded
-validation (``onboarded_difficulty_weight``).
+validation (``onboarded_difficulty_weight``). With ``difficulty_queries: train`` both weights
+are picked on the loss queries read out of the bank instead, as the start can be (a trained
+kept router, fitted on them, falls back to validation).
 Validation (step 0, every ``eval_every`` / ``llm_eval_every`` steps and at each stage's end)
 scores the validation queries, a ``task_label_share`` of them with their task label, against
 every training model's whole bank (its aptitude items alone in model and family splits:
@@ -196,7 +198,8 @@ class CapsatTrainer:
         self.validation_items = validation_items(data, config.validation_reads, config.seed)
         #: The direct logit's start, chosen before step 0 (``choose_start``).
         self.start: dict | None = None
-        #: With ``start_queries`` 'train': the loss queries the start is picked on (bank rows)
+        #: With ``start_queries`` or ``difficulty_queries`` 'train': the loss queries the
+        #: start or the difficulty weights are picked on (bank rows)
         #: and their task indices as read: every label, when the model reads labels (-1:
         #: none). The task head was fitted on these very queries (``fit_task_head``), so
         #: reading them without labels would flatter it; test queries carry labels.
@@ -342,7 +345,7 @@ class CapsatTrainer:
         return probs, validation.scores[models].to_numpy(dtype=float)
 
     def _start_queries(self) -> tuple[np.ndarray, torch.Tensor]:
-        if self.config.start_queries != "train":
+        if "train" not in (self.config.start_queries, self.config.difficulty_queries):
             return np.zeros(0, dtype=np.int64), torch.zeros(0, dtype=torch.long)
         scored = self.observed[:, self.data.loss_rows].all(dim=0).numpy()
         candidates = np.asarray(self.data.loss_rows)[scored]
@@ -356,20 +359,23 @@ class CapsatTrainer:
                  else torch.full((len(rows),), -1, dtype=torch.long))
         return rows, tasks
 
-    def start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
+    def start_probabilities(self, items: list[str] | None | str = "config"
+                            ) -> tuple[np.ndarray, np.ndarray]:
         """(P(right), scores) of the encoder's answer on the ``start_rows`` loss queries x the
         fitted models, each ``START_BATCH`` of them read against the bank without themselves
         and their same-text twins (leave-batch-out, as a test query is never in the bank), the
-        models reading what validation reads (their whole bank, or ``validation_items``)."""
+        models reading what validation reads (their whole bank, or ``validation_items``) or
+        only the bank ``items`` given (read as onboarded)."""
         data, rows = self.data, self.start_rows
+        items = self.validation_items if items == "config" else items
         network = self.accelerator.unwrap_model(self.network)
         network.eval()
         mask = self.observed.clone()
-        if self.validation_items is not None:
-            read = np.isin(np.asarray(data.bank.item_ids), self.validation_items)
+        if items is not None:
+            read = np.isin(np.asarray(data.bank.item_ids), items)
             mask &= torch.from_numpy(read)[None]
         probs = np.zeros((len(rows), len(data.train_models)))
-        onboarded = torch.full((len(data.train_models),), self.validation_items is not None)
+        onboarded = torch.full((len(data.train_models),), items is not None)
         size = START_BATCH
         with torch.no_grad():
             for begin in range(0, len(rows), size):
@@ -543,14 +549,19 @@ class CapsatTrainer:
         if not self._picks_onboarded_difficulty():
             return None
         items = self._onboarded_validation_items()
+        on_train, picked_on = self._difficulty_read_on()
+
         def evaluate() -> tuple[float, None]:
-            probs, scores = self._timed("validation_encoder", self.validation_probabilities,
-                                        "encoder", items)
+            probs, scores = (self._timed("start_train", self.start_probabilities, items)
+                             if on_train else
+                             self._timed("validation_encoder", self.validation_probabilities,
+                                         "encoder", items))
             return M.log_loss(probs, scores), None
         tried, best, _ = self._lowest_log_loss(self._apply_onboarded_difficulty_weight,
-                                               evaluate)
+                                               evaluate, on_train)
         return {"onboarded_difficulty_weight": tried[best]["difficulty_weight"],
-                "reads": self.config.onboarded_start_evidence, "tried": tried}
+                "reads": self.config.onboarded_start_evidence, "picked_on": picked_on,
+                "tried": tried}
 
     def _apply_onboarded_difficulty_weight(self, beta: float | None) -> None:
         beta = None if beta is None else float(beta)
@@ -598,10 +609,17 @@ class CapsatTrainer:
         if (not model.difficulty_k or not self._difficulty_grid()
                 or not self.config.pick_difficulty_before_training):
             self._apply_difficulty_weight(model.difficulty_weight)
+            if self._repicks_difficulty() and self._difficulty_read_on()[0]:
+                # The re-pick will read the loss queries: time one reading now, for
+                # ``max_minutes``, and record the start's log-loss there.
+                probs, scores = self._timed("start_train", self.start_probabilities)
+                return {"difficulty_weight": model.difficulty_weight,
+                        "train_log_loss": M.log_loss(probs, scores)}
             return {"difficulty_weight": model.difficulty_weight}
-        tried, _ = self._try_difficulty_weights()
+        tried, _, picked_on = self._try_difficulty_weights()
         onboarded = self.pick_onboarded_difficulty_weight()
         return {"difficulty_weight": model.difficulty_weight, "difficulty_tried": tried,
+                "difficulty_picked_on": picked_on,
                 **({"onboarded_difficulty": onboarded,
                     "onboarded_difficulty_weight": onboarded["onboarded_difficulty_weight"]}
                    if onboarded else {})}
@@ -609,28 +627,53 @@ class CapsatTrainer:
     def _difficulty_grid(self) -> list[float]:
         return sorted({float(b) for b in self.config.start_difficulty_grid})
 
-    def _try_difficulty_weights(self) -> tuple[list[dict], dict]:
-        """Validate the current network with every weight of the grid and apply the one of
-        lowest log-loss (the first, smallest, of equals). Returns (each weight's log-loss,
-        the chosen weight's validation record)."""
-        def evaluate() -> tuple[float, tuple]:
+    def _difficulty_read_on(self) -> tuple[bool, str]:
+        """(whether the difficulty weights of the network as it now stands are picked on the
+        ``start_rows`` loss queries, what they are picked on, in words). With
+        ``difficulty_queries`` 'train', on those queries unless the network is a trained step
+        (the router kept at the encoder stage's end), which was fitted on them."""
+        if self.config.difficulty_queries != "train":
+            return False, "validation"
+        step = self.best.get("step")
+        if step:
+            return False, (f"validation (the kept router, step {step}, was trained on the "
+                           f"loss queries)")
+        return True, f"train ({len(self.start_rows)} loss queries out of the bank)"
+
+    def _try_difficulty_weights(self) -> tuple[list[dict], dict, str]:
+        """Score the current network with every weight of the grid, on validation or the
+        loss queries (``_difficulty_read_on``), and apply the one of lowest log-loss (the
+        first, smallest, of equals). Returns (each weight's log-loss, the chosen weight's
+        validation record, what the weights were picked on)."""
+        on_train, picked_on = self._difficulty_read_on()
+
+        def evaluate() -> tuple[float, tuple | None]:
+            if on_train:
+                probs, scores = self._timed("start_train", self.start_probabilities)
+                return M.log_loss(probs, scores), None
             record = self._timed("validation_encoder", self.validate, "encoder")
             return record["val_log_loss"], (record, self.last_validation)
-        tried, best, outputs = self._lowest_log_loss(self._apply_difficulty_weight, evaluate)
-        record, self.last_validation = outputs[best]  # the network as it now stands
-        return tried, record
+        tried, best, outputs = self._lowest_log_loss(self._apply_difficulty_weight, evaluate,
+                                                     on_train)
+        if on_train:  # the chosen weight's validation, the network as it now stands
+            return tried, self._timed("validation_encoder", self.validate, "encoder"), picked_on
+        record, self.last_validation = outputs[best]
+        return tried, record, picked_on
 
-    def _lowest_log_loss(self, apply, evaluate) -> tuple[list[dict], int, list]:
+    def _lowest_log_loss(self, apply, evaluate, on_train: bool = False
+                         ) -> tuple[list[dict], int, list]:
         """Every weight of ``start_difficulty_grid`` applied by ``apply`` and scored by
-        ``evaluate()`` -> (validation log-loss, output); the lowest (the first, smallest, of
-        equals) is applied. Returns (each weight's log-loss, the chosen index, the outputs)."""
+        ``evaluate()`` -> (log-loss, output), on validation or (``on_train``) on the loss
+        queries; the lowest (the first, smallest, of equals) is applied. Returns (each
+        weight's log-loss, the chosen index, the outputs)."""
+        key = "train_log_loss" if on_train else "val_log_loss"
         tried, outputs = [], []
         for beta in self._difficulty_grid():
             apply(beta)
             log_loss, output = evaluate()
-            tried.append({"difficulty_weight": beta, "val_log_loss": log_loss})
+            tried.append({"difficulty_weight": beta, key: log_loss})
             outputs.append(output)
-        best = min(range(len(tried)), key=lambda i: tried[i]["val_log_loss"])
+        best = min(range(len(tried)), key=lambda i: tried[i][key])
         apply(tried[best]["difficulty_weight"])
         return tried, best, outputs
 
@@ -654,7 +697,7 @@ class CapsatTrainer:
             current = unwrapped.trainable_state()
             unwrapped.load_trainable_state(self.best_state)  # the router kept so far
             onboarded_before = model.onboarded_difficulty_weight
-            tried, record = self._try_difficulty_weights()
+            tried, record, picked_on = self._try_difficulty_weights()
             onboarded = self.pick_onboarded_difficulty_weight()  # leaves last_validation
             beta = model.difficulty_weight
             if beta != before:
@@ -666,6 +709,7 @@ class CapsatTrainer:
                 self._timed("save_best", self.save_best)
             unwrapped.load_trainable_state(current)
             choice = [{"difficulty_weight": beta, "trained_with": before, "tried": tried,
+                       "picked_on": picked_on,
                        **({"onboarded": onboarded} if onboarded else {})}]
         choice = broadcast_object_list(choice)[0]
         self._apply_difficulty_weight(choice["difficulty_weight"])
@@ -737,8 +781,8 @@ class CapsatTrainer:
                     save_file(self.best_state, str(tmp / BEST_WEIGHTS_FILE))
                 if self.config.checkpoint_min_gain_se and self.best_validation is not None:
                     probs, scores = self.best_validation  # only the rule reads them
-                    save_file({"probabilities": torch.from_numpy(np.ascontiguousarray(probs)),
-                               "scores": torch.from_numpy(np.ascontiguousarray(scores))},
+                    save_file({"probabilities": torch.from_numpy(np.array(probs)),
+                               "scores": torch.from_numpy(np.array(scores))},
                               str(tmp / BEST_VALIDATION_FILE))
                 tensors, groups = self._optimizer_tensors()
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
@@ -831,11 +875,13 @@ class CapsatTrainer:
         finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
                   + t.get("save_best", 0.0))
         if stage == "encoder" and self._repicks_difficulty():
-            # the re-pick after the last encoder step: one validation per weight (twice with
-            # the onboarded candidates' own), maybe a save
+            # the re-pick after the last encoder step: one reading per weight (twice with the
+            # onboarded candidates' own) of validation or the loss queries, the chosen
+            # weight's validation, maybe a save
             readings = 2 if self._picks_onboarded_difficulty() else 1
-            finish += (readings * len(self._difficulty_grid()) * t.get("validation_encoder", 0.0)
-                       + t.get("save_best", 0.0))
+            reading = max(t.get("validation_encoder", 0.0), t.get("start_train", 0.0))
+            finish += (readings * len(self._difficulty_grid()) * reading
+                       + t.get("validation_encoder", 0.0) + t.get("save_best", 0.0))
         remaining = t.get(f"step_max_{stage}", 0.0) + finish
         projected = (time.perf_counter() - started
                      + max(TIME_SAFETY_FACTOR * remaining, remaining + TIME_SAFETY_SECONDS))
