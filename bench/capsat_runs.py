@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from capsat.evaluation.compare import compare
-    from capsat.evaluation.harness import evaluate, format_table
+    from capsat.evaluation.harness import RouterSpec, evaluate, format_table
     from data_builders.atomic import write_json, write_text
     from data_builders.splits import MODEL_SPLITS
     from train.cli import main as train_main
@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "log_loss", "ece", "gap_closed",
                                                "gap_closed_per_task")}
                 for name, row in result.routers.items()}
-        others = [b for b in baselines if b in result.routers] + REFERENCES
+        # A baseline given as NAME:PATH (a saved router) is labelled NAME:FOLDER.
+        labels = [RouterSpec.parse(b).label for b in baselines]
+        others = [b for b in labels if b in result.routers] + REFERENCES
         comparisons = compare(result, label, others) if label in result.routers else {}
         summary["evaluations"][str(size)] = {
             "eval_seconds": round(time.perf_counter() - t0, 1), "split": result.split,

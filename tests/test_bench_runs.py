@@ -169,3 +169,34 @@ def test_over_seeds_means_the_per_seed_differences_and_refuses_other_splits(tmp_
     (runs[1] / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="not a query-split run"):
         script.over_seeds(runs)
+
+
+def test_a_saved_router_given_as_a_baseline_is_paired_with_capsat(small_data_path, tiny_base,
+                                                                   tmp_path):
+    """``--baselines capsat:PATH`` (another router, such as the same one with other weights) is
+    evaluated on the same rows and paired with CapSAT under its label: the same router saved
+    twice differs by nothing, in routing and in pooled AUC."""
+    import shutil
+
+    from train.data import prepare
+    from train.trainer import CapsatTrainer
+    from test_train import cli_args, recipe
+
+    root = tmp_path / "runs" / "pair"
+    model, config = recipe(small_data_path, tiny_base, root / "train", use_llm=False,
+                           encoder_steps=2, llm_steps=0, start_knn_grid=[],
+                           start_difficulty_grid=[])
+    CapsatTrainer(model, config, prepare(config, progress=False)).train()
+    shutil.copytree(root / "train" / "best", root / "same_router")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f"data: {small_data_path}\n")
+    _bench().main(["--name", "pair", "--out", str(tmp_path / "runs"), "--recipe",
+                   str(recipe_file), "--skip-train", "--baselines",
+                   f"knn,capsat:{root / 'same_router'}", "--", *cli_args(model, config)])
+    summary = json.loads((root / "summary.json").read_text())
+    (evaluation,) = summary["evaluations"].values()
+    minus = evaluation["capsat_minus"]
+    assert {"knn", "capsat:same_router"} <= set(minus)
+    assert minus["capsat:same_router"]["routed_accuracy"]["difference"] == 0
+    assert minus["capsat:same_router"]["auc"]["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert minus["knn"]["auc"]["difference"] != pytest.approx(0.0, abs=1e-6)
