@@ -362,10 +362,18 @@ class CapsatTrainer:
     def start_probabilities(self, items: list[str] | None | str = "config"
                             ) -> tuple[np.ndarray, np.ndarray]:
         """(P(right), scores) of the encoder's answer on the ``start_rows`` loss queries x the
-        fitted models, each ``START_BATCH`` of them read against the bank without themselves
-        and their same-text twins (leave-batch-out, as a test query is never in the bank), the
-        models reading what validation reads (their whole bank, or ``validation_items``) or
-        only the bank ``items`` given (read as onboarded)."""
+        fitted models (``start_logits``)."""
+        logits, _, scores = self.start_logits(items)
+        return 1.0 / (1.0 + np.exp(-logits)), scores
+
+    def start_logits(self, items: list[str] | None | str = "config"
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(logits, the query's difficulty (None: off), scores) of the encoder's answer on the
+        ``start_rows`` loss queries x the fitted models, each ``START_BATCH`` of them read
+        against the bank without themselves and their same-text twins (leave-batch-out, as a
+        test query is never in the bank), the models reading what validation reads (their
+        whole bank, or ``validation_items``) or only the bank ``items`` given (read as
+        onboarded)."""
         data, rows = self.data, self.start_rows
         items = self.validation_items if items == "config" else items
         network = self.accelerator.unwrap_model(self.network)
@@ -374,7 +382,8 @@ class CapsatTrainer:
         if items is not None:
             read = np.isin(np.asarray(data.bank.item_ids), items)
             mask &= torch.from_numpy(read)[None]
-        probs = np.zeros((len(rows), len(data.train_models)))
+        logits = np.zeros((len(rows), len(data.train_models)))
+        difficulty = (np.zeros_like(logits) if network.encoder.difficulty_k else None)
         onboarded = torch.full((len(data.train_models),), items is not None)
         size = START_BATCH
         with torch.no_grad():
@@ -390,8 +399,11 @@ class CapsatTrainer:
                                     ).to(self.device)
                 out = network(self.embeddings[batch].to(self.device), evidence, None,
                               self.start_tasks[begin:begin + size].to(self.device))
-                probs[begin:begin + size] = torch.sigmoid(out.logits).double().cpu().numpy()
-        return probs, self.outcomes[:, rows].T.double().numpy()
+                logits[begin:begin + size] = out.logits.double().cpu().numpy()
+                if difficulty is not None:
+                    difficulty[begin:begin + size] = (
+                        out.encoder.pool_difficulty.double().cpu().numpy())
+        return logits, difficulty, self.outcomes[:, rows].T.double().numpy()
 
     def _start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
         if self.config.start_queries == "train":
@@ -551,14 +563,13 @@ class CapsatTrainer:
         items = self._onboarded_validation_items()
         on_train, picked_on = self._difficulty_read_on()
 
-        def evaluate() -> tuple[float, None]:
-            probs, scores = (self._timed("start_train", self.start_probabilities, items)
-                             if on_train else
-                             self._timed("validation_encoder", self.validation_probabilities,
-                                         "encoder", items))
+        def evaluate(beta: float) -> tuple[float, None]:
+            probs, scores = self._timed("validation_encoder", self.validation_probabilities,
+                                        "encoder", items)
             return M.log_loss(probs, scores), None
-        tried, best, _ = self._lowest_log_loss(self._apply_onboarded_difficulty_weight,
-                                               evaluate, on_train)
+        tried, best, _ = self._lowest_log_loss(
+            self._apply_onboarded_difficulty_weight,
+            self._loss_queries_log_loss(items) if on_train else evaluate, on_train)
         return {"onboarded_difficulty_weight": tried[best]["difficulty_weight"],
                 "reads": self.config.onboarded_start_evidence, "picked_on": picked_on,
                 "tried": tried}
@@ -647,30 +658,44 @@ class CapsatTrainer:
         validation record, what the weights were picked on)."""
         on_train, picked_on = self._difficulty_read_on()
 
-        def evaluate() -> tuple[float, tuple | None]:
-            if on_train:
-                probs, scores = self._timed("start_train", self.start_probabilities)
-                return M.log_loss(probs, scores), None
+        def evaluate(beta: float) -> tuple[float, tuple]:
             record = self._timed("validation_encoder", self.validate, "encoder")
             return record["val_log_loss"], (record, self.last_validation)
-        tried, best, outputs = self._lowest_log_loss(self._apply_difficulty_weight, evaluate,
-                                                     on_train)
+        tried, best, outputs = self._lowest_log_loss(
+            self._apply_difficulty_weight,
+            self._loss_queries_log_loss("config") if on_train else evaluate, on_train)
         if on_train:  # the chosen weight's validation, the network as it now stands
             return tried, self._timed("validation_encoder", self.validate, "encoder"), picked_on
         record, self.last_validation = outputs[best]
         return tried, record, picked_on
 
+    def _loss_queries_log_loss(self, items):
+        """``evaluate(beta)`` for ``_lowest_log_loss`` on the loss queries (the training models
+        reading ``items``, as ``start_logits``): they are read once, at the first weight, and
+        every weight's logits are those plus (weight - the first) x the query's difficulty,
+        which is how the weight enters the start (the encoder reads no weight)."""
+        reading = {}
+
+        def evaluate(beta: float) -> tuple[float, None]:
+            if not reading:
+                logits, difficulty, scores = self._timed("start_train", self.start_logits,
+                                                         items)
+                reading.update(logits=logits, difficulty=difficulty, scores=scores, beta=beta)
+            logits = reading["logits"] + (beta - reading["beta"]) * reading["difficulty"]
+            return M.log_loss(1.0 / (1.0 + np.exp(-logits)), reading["scores"]), None
+        return evaluate
+
     def _lowest_log_loss(self, apply, evaluate, on_train: bool = False
                          ) -> tuple[list[dict], int, list]:
         """Every weight of ``start_difficulty_grid`` applied by ``apply`` and scored by
-        ``evaluate()`` -> (log-loss, output), on validation or (``on_train``) on the loss
-        queries; the lowest (the first, smallest, of equals) is applied. Returns (each
+        ``evaluate(weight)`` -> (log-loss, output), on validation or (``on_train``) on the
+        loss queries; the lowest (the first, smallest, of equals) is applied. Returns (each
         weight's log-loss, the chosen index, the outputs)."""
         key = "train_log_loss" if on_train else "val_log_loss"
         tried, outputs = [], []
         for beta in self._difficulty_grid():
             apply(beta)
-            log_loss, output = evaluate()
+            log_loss, output = evaluate(beta)
             tried.append({"difficulty_weight": beta, key: log_loss})
             outputs.append(output)
         best = min(range(len(tried)), key=lambda i: tried[i][key])
@@ -875,12 +900,12 @@ class CapsatTrainer:
         finish = (t.get(f"validation_{stage}", 0.0) + t.get("checkpoint", 0.0)
                   + t.get("save_best", 0.0))
         if stage == "encoder" and self._repicks_difficulty():
-            # the re-pick after the last encoder step: one reading per weight (twice with the
-            # onboarded candidates' own) of validation or the loss queries, the chosen
+            # the re-pick after the last encoder step: a validation per weight or one reading
+            # of the loss queries (twice with the onboarded candidates' own), the chosen
             # weight's validation, maybe a save
             readings = 2 if self._picks_onboarded_difficulty() else 1
-            reading = max(t.get("validation_encoder", 0.0), t.get("start_train", 0.0))
-            finish += (readings * len(self._difficulty_grid()) * reading
+            per_weight = len(self._difficulty_grid()) * t.get("validation_encoder", 0.0)
+            finish += (readings * max(per_weight, t.get("start_train", 0.0))
                        + t.get("validation_encoder", 0.0) + t.get("save_best", 0.0))
         remaining = t.get(f"step_max_{stage}", 0.0) + finish
         projected = (time.perf_counter() - started
