@@ -180,6 +180,24 @@ def test_a_router_saved_before_the_difficulty_loads_as_it_was(data, tmp_path):
                                atol=1e-6)
 
 
+def test_a_router_saved_before_the_shared_difficulty_reads_each_candidate_s_own(data,
+                                                                             tmp_path):
+    """A config saved before ``shared_difficulty`` loads with it off: its start moves each
+    candidate by the difficulty of the pool without itself, as it was trained and picked."""
+    own = _encoder_only(data, difficulty_k=4, difficulty_weight=1.0, shared_difficulty=False)
+    shared = _encoder_only(data, difficulty_k=4, difficulty_weight=1.0)
+    assert shared.config.shared_difficulty  # the default now
+    own.save_pretrained(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    del config["shared_difficulty"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    old = CapsatRouter.from_pretrained(tmp_path / "r")
+    assert old.config.shared_difficulty is False
+    texts = data.validation.texts[:6]
+    np.testing.assert_allclose(old.predict_proba(texts), own.predict_proba(texts), atol=1e-6)
+    assert np.abs(shared.predict_proba(texts) - own.predict_proba(texts)).max() > 1e-3
+
+
 def test_onboarding_adds_a_model_from_its_aptitude_results(router, data, tmp_path):
     router.save_pretrained(tmp_path / "r")
     loaded = CapsatRouter.from_pretrained(tmp_path / "r")
@@ -564,15 +582,17 @@ def test_an_onboarded_model_has_a_start_of_its_own(data, tmp_path):
         dataclasses.replace(SMALL, onboarded_start=[3, 0.0, 1.0])
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("ridge", [0.0, 3.0])
-def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge):
+def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge, shared):
     """With difficulty_weight b, the untrained router's logit moves by b x (logit of the
     pool's success on the query's k most similar bank items, shrunk toward its task's, minus
     logit of its task's), worked by hand from the bank; with ``difficulty_ridge``, by the mean
     of that and the same for a ridge regression's reading of the query (the pool's success
-    net of the task's on the bank items' embeddings). The pool leaves a known candidate
-    out; a model onboarded from 12 aptitude answers reads the whole pool on every bank item,
-    not its own evidence alone."""
+    net of the task's on the bank items' embeddings). A model onboarded from 12 aptitude
+    answers reads the whole pool on every bank item, not its own evidence alone. With
+    ``shared_difficulty`` every candidate reads that whole pool (one shift per query: no
+    routing changes); without, the pool leaves a known candidate out."""
     from scipy.special import logit
 
     from capsat.capsat_model.evidence import DIFFICULTY_PRIOR_WEIGHT
@@ -584,7 +604,8 @@ def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge):
     # Each router its own bank: onboarding adds a row to it.
     plain, shifted = (_encoder_only(dataclasses.replace(data, bank=copy.deepcopy(data.bank)),
                                     difficulty_k=k, difficulty_weight=w,
-                                    difficulty_ridge=ridge) for w in (0.0, b))
+                                    difficulty_ridge=ridge, shared_difficulty=shared)
+                      for w in (0.0, b))
     model = data.split.train_models[0]
     results = {q: float(data.table.scores.at[q, model]) for q in data.aptitude.item_ids}
     for router in (plain, shifted):
@@ -594,8 +615,9 @@ def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge):
     embedded = plain.embed(Queries(texts)).astype(np.float64)
     cosine = embedded.astype(np.float32) @ bank.embeddings.T
     nearest = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
-    pools = [(bank.pool_sum - bank.outcomes[j]) / (bank.pool_count - 1)  # j left out
-             for j in range(bank.n_candidates)] + [bank.pool_sum / bank.pool_count]
+    whole = bank.pool_sum / bank.pool_count
+    pools = [whole if shared else (bank.pool_sum - bank.outcomes[j]) / (bank.pool_count - 1)
+             for j in range(bank.n_candidates)] + [whole]  # j left out, unless shared
     x = bank.embeddings.astype(np.float64)
     expected = np.zeros_like(moved)
     for j, pool in enumerate(pools):
@@ -617,7 +639,9 @@ def test_the_start_reads_the_query_s_difficulty_for_the_whole_pool(data, ridge):
     assert np.abs(expected).max() > 0.05  # the queries differ in difficulty
     # The newcomer is the trained model it copies, read from 12 answers: its difficulty is
     # that model's with the model put back into the pool, not one read from 12 items.
-    assert np.abs(expected[:, -1] - expected[:, 0]).max() > 1e-3
+    assert (np.abs(expected[:, -1] - expected[:, 0]).max() > 1e-3) is not shared
+    # Shared, the shift is the query's: the order of the candidates is the start's.
+    np.testing.assert_array_equal(np.ptp(expected, axis=1) == 0, shared)
 
 
 def test_known_models_read_from_their_aptitude_items_alone(data):

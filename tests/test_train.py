@@ -161,6 +161,10 @@ def test_every_candidate_is_read_against_a_pool_without_itself(small_data_path, 
                  and torch.allclose(evidence.task_success[row], per_task)]
         assert found, f"pseudo-model {row} is read against no pool without two parents"
         assert not torch.allclose(evidence.pool_success[row], everyone)
+    # The shared difficulty (the start's shift) reads the whole pool, nobody left out.
+    torch.testing.assert_close(evidence.shared_success[0], everyone)
+    torch.testing.assert_close(evidence.shared_task_success[0], torch.from_numpy(
+        bank.task_means(bank.pool_sum / bank.pool_count, n_tasks)).float())
 
 
 def test_the_difficulty_s_ridge_fit_leaves_out_the_step_s_loss_queries(small_data_path,
@@ -195,6 +199,9 @@ def test_the_difficulty_s_ridge_fit_leaves_out_the_step_s_loss_queries(small_dat
         assert any(np.allclose(evidence.difficulty_weights[row].numpy(),
                                fit(bank.pool_success_without(list(pair)), ~own), atol=1e-4)
                    for pair in pairs), f"pseudo-model {row}: no fit of a pool without parents"
+    # ... and the whole pool's fit, shared by every candidate, leaves them out too.
+    np.testing.assert_allclose(evidence.shared_difficulty_weights[0].numpy(),
+                               fit(bank.pool_sum / bank.pool_count, ~own), atol=1e-4)
     with pytest.raises(ValueError, match="difficulty_ridge needs difficulty_k"):
         recipe(small_data_path, tiny_base, tmp_path, difficulty_k=0, difficulty_ridge=penalty)
 

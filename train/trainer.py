@@ -168,6 +168,11 @@ class CapsatTrainer:
         #: The baseline of the query's difficulty: the pool's success per task over the
         #: whole bank, each training model left out (as the router reads its bank).
         self.task_success = torch.from_numpy(bank.task_means(pool_loo, len(data.tasks))).float()
+        #: The whole training pool's success (1, N) and per task (1, T), no model left out:
+        #: the query's difficulty shared by every candidate (the model's shared_difficulty).
+        whole = bank.pool_success_without([])[None]
+        self.pool_whole = torch.from_numpy(whole).float()
+        self.task_whole = torch.from_numpy(bank.task_means(whole, len(data.tasks))).float()
         self.embeddings = torch.from_numpy(bank.embeddings.astype(np.float32))
         self.item_tasks = torch.from_numpy(bank.tasks.astype(np.int64))
         #: With the model's ``difficulty_ridge``: the ridge fits of the query's difficulty,
@@ -260,8 +265,15 @@ class CapsatTrainer:
             mask[j] &= torch.from_numpy(keep)
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
                             mask, task_success, torch.from_numpy(aptitude_mode),
-                            self._difficulty_weights(torch.cat(whole_success), task_success, own))
+                            self._difficulty_weights(torch.cat(whole_success), task_success, own),
+                            *self._shared_pool(pool, own))
         return rows, pool, evidence, labels
+
+    def _shared_pool(self, pool: np.ndarray, own: np.ndarray) -> tuple:
+        """The whole training pool's (success on the ``pool`` items, per task, ridge fit
+        without the items ``own``): ``Evidence``'s ``shared_*`` fields."""
+        return (self.pool_whole[:, pool], self.task_whole,
+                self._difficulty_weights(self.pool_whole, self.task_whole, own))
 
     def _difficulty_weights(self, success: torch.Tensor, task_success: torch.Tensor,
                             own: np.ndarray) -> torch.Tensor | None:
@@ -368,7 +380,8 @@ class CapsatTrainer:
 
     def start_logits(self, items: list[str] | None | str = "config"
                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(logits, the query's difficulty (None: off), scores) of the encoder's answer on the
+        """(logits, the query's difficulty the start reads (None: off), scores) of the encoder's
+        answer on the
         ``start_rows`` loss queries x the fitted models, each ``START_BATCH`` of them read
         against the bank without themselves and their same-text twins (leave-batch-out, as a
         test query is never in the bank), the models reading what validation reads (their
@@ -395,14 +408,15 @@ class CapsatTrainer:
                                     self.outcomes[:, pool], self.pool_loo[:, pool],
                                     mask[:, pool], self.task_success, onboarded,
                                     self._difficulty_weights(self.pool_loo, self.task_success,
-                                                             np.flatnonzero(own))
+                                                             np.flatnonzero(own)),
+                                    *self._shared_pool(pool, np.flatnonzero(own))
                                     ).to(self.device)
                 out = network(self.embeddings[batch].to(self.device), evidence, None,
                               self.start_tasks[begin:begin + size].to(self.device))
                 logits[begin:begin + size] = out.logits.double().cpu().numpy()
                 if difficulty is not None:
                     difficulty[begin:begin + size] = (
-                        out.encoder.pool_difficulty.double().cpu().numpy())
+                        out.encoder.start_difficulty.double().cpu().numpy())
         return logits, difficulty, self.outcomes[:, rows].T.double().numpy()
 
     def _start_probabilities(self) -> tuple[np.ndarray, np.ndarray]:

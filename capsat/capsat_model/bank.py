@@ -98,7 +98,8 @@ class EvidenceBank:
         With ``n_tasks`` (a router that reads the query's difficulty) the pool is every item
         the training pool scored, whoever's evidence it is in, with each candidate's
         ``task_success`` (``task_means`` of its pool success), and with ``difficulty_ridge``
-        (a penalty) each candidate's ``difficulty_weights`` fitted on those items. A candidate is read as
+        (a penalty) each candidate's ``difficulty_weights`` fitted on those items; the same
+        for the whole training pool as one row (``shared_*``). A candidate is read as
         onboarded (``Evidence.onboarded``) if it is not a training model, or if ``items``
         restricts it."""
         rows = np.arange(self.n_candidates) if rows is None else np.asarray(rows)
@@ -123,14 +124,19 @@ class EvidenceBank:
                               else has.any(axis=0) | (self.pool_count > 0))
         outcomes = np.nan_to_num(self.outcomes[rows][:, used], nan=0.0)
         success = self.pool_success(rows)
-        task_success = weights = None
+        shared = self.pool_success_without([])[None]  # (1, N): the whole training pool
+        task_success = weights = shared_task = shared_weights = None
         if n_tasks is not None:
-            task_success = torch.from_numpy(self.task_means(success, n_tasks).astype(np.float32))
+            task_success, shared_task = (
+                torch.from_numpy(self.task_means(s, n_tasks).astype(np.float32))
+                for s in (success, shared))
             if difficulty_ridge:
                 scored = np.flatnonzero(self.pool_count > 0)
                 ridge = RidgeDifficulty(torch.from_numpy(self.embeddings[scored]),
                                         torch.from_numpy(self.tasks[scored]), difficulty_ridge)
-                weights = ridge.weights(torch.from_numpy(success[:, scored]), task_success)
+                weights, shared_weights = (
+                    ridge.weights(torch.from_numpy(s[:, scored]), t)
+                    for s, t in ((success, task_success), (shared, shared_task)))
         elif difficulty_ridge:
             raise ValueError("EvidenceBank.evidence: difficulty_ridge needs n_tasks")
         return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),
@@ -138,7 +144,9 @@ class EvidenceBank:
                         torch.from_numpy(outcomes.astype(np.float32)),
                         torch.from_numpy(success[:, used].astype(np.float32)),
                         torch.from_numpy(has[:, used]), task_success,
-                        torch.from_numpy(~self.trained[rows] | (items is not None)), weights)
+                        torch.from_numpy(~self.trained[rows] | (items is not None)), weights,
+                        torch.from_numpy(shared[:, used].astype(np.float32)), shared_task,
+                        shared_weights)
 
     def add(self, results: dict[str, float], trained: bool = False) -> None:
         """A new candidate with outcomes on some bank items (its aptitude answers)."""

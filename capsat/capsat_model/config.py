@@ -26,7 +26,8 @@ class CapsatConfig(RouterConfig):
     behaviour_before: ClassVar[dict] = {"difficulty_k": 0, "difficulty_weight": 0.0,
                                         "start_prior_shrink": 0.0, "onboarded_start": None,
                                         "difficulty_ridge": 0.0,
-                                        "onboarded_difficulty_weight": None}
+                                        "onboarded_difficulty_weight": None,
+                                        "shared_difficulty": False}
 
     base_model: str = help_field(DEFAULT_BASE_LLM, "base instruction LLM: the embedded "
                                  "SmolLM2-135M-Instruct, a local path or a hub id")
@@ -77,6 +78,14 @@ class CapsatConfig(RouterConfig):
     difficulty_weight: float = help_field(0.0, "the direct logit's start moves by this times "
                                           "that difficulty (a calibration that changes no "
                                           "routing); training picks it on validation log-loss")
+    shared_difficulty: bool = help_field(True, "the start moves by the query's difficulty "
+                                         "for the whole training pool, the same for every "
+                                         "candidate of the query (a calibration that changes "
+                                         "no routing); false: each candidate's own, read "
+                                         "against the pool without itself, which reads a "
+                                         "known model's local strength as difficulty and "
+                                         "moves the candidates of a query apart (routers "
+                                         "saved before this field)")
     onboarded_difficulty_weight: float | None = help_field(
         None, "that weight for the candidates read from a few items (onboarded models): "
         "their per-task accuracy on 10 items a task says less of the query than a bank does, "

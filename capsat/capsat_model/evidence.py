@@ -35,9 +35,10 @@ instruction's task) / (start_knn + w)): a kNN shrunk toward the per-task prior (
 ``start_prior_shrink`` the same in residuals: the pool's success on the task plus the kNN's
 residual shrunk toward the candidate's residual on the task, itself shrunk toward its overall
 one, so a few items per task say little and every task keeps its level), plus
-``difficulty_weight`` x the query's difficulty (nearly a calibration: about the same shift
-for every candidate, so it changes routing little; training picks it on validation
-log-loss). A candidate read from a few items (``Evidence.onboarded``: a model onboarded from
+``difficulty_weight`` x the query's difficulty (a calibration: with ``shared_difficulty`` the
+whole training pool's, the same shift for every candidate of a query, so it changes no
+routing; without, each candidate's pool leaves it out, and a known model's local strength
+then reads as difficulty; training picks the weight by log-loss). A candidate read from a few items (``Evidence.onboarded``: a model onboarded from
 its aptitude answers) can have a start of its own (``onboarded_start``) and a difficulty weight
 of its own (``onboarded_difficulty_weight``), picked on validation that reads the training
 models as onboarded.
@@ -94,11 +95,18 @@ class Evidence:
     #: (M, E) per candidate, ridge weights on an item's embedding for its pool's success net
     #: of the task's (``RidgeDifficulty``; the encoder's ``difficulty_ridge``).
     difficulty_weights: torch.Tensor | None = None
+    #: The whole training pool, no candidate left out, as one row: its success on each item
+    #: (1, N), per task (1, T) and its ridge weights (1, E): the query's difficulty shared by
+    #: every candidate of the query (the encoder's ``shared_difficulty``).
+    shared_success: torch.Tensor | None = None
+    shared_task_success: torch.Tensor | None = None
+    shared_difficulty_weights: torch.Tensor | None = None
 
     def to(self, device) -> "Evidence":
         return Evidence(*(None if t is None else t.to(device) for t in (
             self.embeddings, self.tasks, self.outcomes, self.pool_success, self.mask,
-            self.task_success, self.onboarded, self.difficulty_weights)))
+            self.task_success, self.onboarded, self.difficulty_weights, self.shared_success,
+            self.shared_task_success, self.shared_difficulty_weights)))
 
     @property
     def n_candidates(self) -> int:
@@ -111,7 +119,8 @@ class Evidence:
                         None if self.task_success is None else self.task_success[rows],
                         None if self.onboarded is None else self.onboarded[rows],
                         None if self.difficulty_weights is None
-                        else self.difficulty_weights[rows])
+                        else self.difficulty_weights[rows], self.shared_success,
+                        self.shared_task_success, self.shared_difficulty_weights)
 
 
 @dataclass
@@ -126,6 +135,9 @@ class EncoderOutput:
     difficulty: torch.Tensor  # (B,) the IRT head's b_q
     #: (B, M) logit of the pool's success near the query minus that of its task (None: off)
     pool_difficulty: torch.Tensor | None = None
+    #: (B, M) the difficulty the start moves by, times its weight: the whole pool's, the same
+    #: for every candidate of a query (``shared_difficulty``), or ``pool_difficulty``
+    start_difficulty: torch.Tensor | None = None
 
 
 def summaries(evidence: Evidence) -> torch.Tensor:
@@ -209,7 +221,8 @@ class EvidenceEncoder(nn.Module):
                  start_prior_shrink: float = 0.0, difficulty_k: int = 0,
                  difficulty_weight: float = 0.0, difficulty_ridge: float = 0.0,
                  onboarded_start: tuple[int, float, float] | None = None,
-                 onboarded_difficulty_weight: float | None = None):
+                 onboarded_difficulty_weight: float | None = None,
+                 shared_difficulty: bool = False):
         super().__init__()
         self.heads, self.head_dim, self.n_tasks = heads, head_dim, n_tasks
         #: Where the direct logit starts: the mean outcome of the ``start_knn`` most similar
@@ -234,6 +247,11 @@ class EvidenceEncoder(nn.Module):
         #: > 0: that difficulty is the mean of the kNN's and the ridge regression's
         #: (``Evidence.difficulty_weights``, fitted with this penalty where evidence is built).
         self.difficulty_ridge = float(difficulty_ridge)
+        #: The start moves by the query's difficulty for the whole training pool, the same for
+        #: every candidate (``Evidence.shared_success``), not by each candidate's own (its pool
+        #: without itself, which reads a known model's local strength as difficulty and moves
+        #: the candidates of a query apart: in a pool of five, that cost routing).
+        self.shared_difficulty = bool(shared_difficulty)
         self.task_head = nn.Sequential(nn.LayerNorm(embedding_dim),
                                        nn.Linear(embedding_dim, n_tasks))
         self.query_keys = nn.Linear(embedding_dim, heads * head_dim)
@@ -367,34 +385,35 @@ class EvidenceEncoder(nn.Module):
         one_hot = nn.functional.one_hot(known_tasks.clamp_min(0), self.n_tasks).to(posterior)
         return torch.where(known[:, None], one_hot, posterior)
 
-    def pool_difficulty(self, cosine: torch.Tensor, evidence: Evidence,
+    def pool_difficulty(self, cosine: torch.Tensor, success: torch.Tensor | None,
+                        task_success: torch.Tensor | None, ridge: torch.Tensor | None,
                         posterior: torch.Tensor, query_embeddings: torch.Tensor
                         ) -> torch.Tensor:
-        """(B, M) how much harder the query is than its task for the training pool:
-        logit((pool success on its ``difficulty_k`` most similar items + w x the task's) /
-        (k + w)) - logit(the task's), the task weighted by ``posterior`` (B, T). Read from
-        every item of the pool, whoever's evidence it is in, so a new model with a few
-        evidence items gets it as sharp as a known one; the pool leaves the candidate out
-        (``pool_success``), so a known model's own outcomes never pose as difficulty.
-        With ``difficulty_ridge``, the mean of that and the ridge regression's reading of the
-        query's embedding (``Evidence.difficulty_weights``), clipped to
+        """(B, R) how much harder the query is than its task for each of R pools (``success``
+        (R, N) on the items, ``task_success`` (R, T) per task): logit((pool success on its
+        ``difficulty_k`` most similar items + w x the task's) / (k + w)) - logit(the task's),
+        the task weighted by ``posterior`` (B, T). Read from every item of the pool, whoever's
+        evidence it is in, so a new model with a few evidence items gets it as sharp as a
+        known one. Each candidate's pool leaves it out (``Evidence.pool_success``), so a known
+        model's own outcomes never pose as difficulty; the shared pool is everyone's
+        (``Evidence.shared_success``). With ``difficulty_ridge``, the mean of that and the
+        ridge regression's reading of the query's embedding (``ridge`` (R, E)), clipped to
         [``RIDGE_CLIP``, 1 - ``RIDGE_CLIP``] (a linear reading can leave [0, 1])."""
-        if evidence.task_success is None:
-            raise ValueError("difficulty_k > 0 needs the evidence's task_success (the pool's "
-                             "success per task)")
+        if success is None or task_success is None:
+            raise ValueError("difficulty_k > 0 needs the evidence's pool success on the items "
+                             "and per task")
         k = min(self.difficulty_k, cosine.shape[1])
         top = cosine.topk(k, dim=-1).indices  # (B, k)
-        task = (posterior @ evidence.task_success.T).clamp(EPS, 1 - EPS)  # (B, M)
+        task = (posterior @ task_success.T).clamp(EPS, 1 - EPS)  # (B, R)
         w = DIFFICULTY_PRIOR_WEIGHT
-        near = (evidence.pool_success[:, top].sum(-1).T + w * task) / (k + w)  # (B, M)
+        near = (success[:, top].sum(-1).T + w * task) / (k + w)  # (B, R)
         difficulty = torch.logit(near.clamp(EPS, 1 - EPS)) - torch.logit(task)
         if not self.difficulty_ridge:
             return difficulty
-        if evidence.difficulty_weights is None:
-            raise ValueError("difficulty_ridge > 0 needs the evidence's difficulty_weights "
+        if ridge is None:
+            raise ValueError("difficulty_ridge > 0 needs the evidence's ridge weights "
                              "(RidgeDifficulty)")
-        read = (task + query_embeddings @ evidence.difficulty_weights.T).clamp(
-            RIDGE_CLIP, 1 - RIDGE_CLIP)
+        read = (task + query_embeddings @ ridge.T).clamp(RIDGE_CLIP, 1 - RIDGE_CLIP)
         return (difficulty + torch.logit(read) - torch.logit(task)) / 2
 
     def forward(self, query_embeddings: torch.Tensor, evidence: Evidence,
@@ -417,10 +436,21 @@ class EvidenceEncoder(nn.Module):
         by_task = torch.einsum("bt,mtf->bmf", posterior, task_statistics(evidence, self.n_tasks))
         parts = [pooled.reshape(batch, m, heads * POOLED_PER_HEAD), knn,
                  summaries(evidence)[None].expand(batch, -1, -1), by_task]
-        difficulty = None
+        difficulty = start_difficulty = None
         if self.difficulty_k:
-            difficulty = self.pool_difficulty(cosine, evidence, posterior, query_embeddings)
+            difficulty = self.pool_difficulty(cosine, evidence.pool_success,
+                                              evidence.task_success, evidence.difficulty_weights,
+                                              posterior, query_embeddings)
             parts.append(difficulty[..., None])
+            start_difficulty = difficulty
+            if self.shared_difficulty:
+                if evidence.shared_success is None:
+                    raise ValueError("shared_difficulty needs the evidence's shared_success "
+                                     "(the whole training pool)")
+                start_difficulty = self.pool_difficulty(
+                    cosine, evidence.shared_success, evidence.shared_task_success,
+                    evidence.shared_difficulty_weights, posterior, query_embeddings
+                ).expand(-1, m)
         capability = self.mlp(torch.cat(parts, dim=-1))
         starts = self._starts()
         begin = self._begin(start[:, :, 0], *starts[0][1:], evidence, posterior, by_task)
@@ -430,13 +460,14 @@ class EvidenceEncoder(nn.Module):
         prior = torch.logit(begin.clamp(EPS, 1 - EPS))
         if difficulty is not None and (self.difficulty_weight
                                        or self.onboarded_difficulty_weight):
-            prior = prior + self.start_difficulty_weights(evidence, difficulty)[None] * difficulty
+            prior = prior + (self.start_difficulty_weights(evidence, difficulty)[None]
+                             * start_difficulty)
         direct = prior + self.readout(capability)[..., 0]
         discrimination, b_q = self.item_parameters(query_embeddings)
         ability = self.abilities(evidence)
         irt_logit = discrimination @ ability.T - b_q[:, None]
         return EncoderOutput(capability, direct, prior, irt_logit, task_logits, ability,
-                             discrimination, b_q, difficulty)
+                             discrimination, b_q, difficulty, start_difficulty)
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

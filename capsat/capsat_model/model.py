@@ -110,7 +110,8 @@ class CapsatNetwork(nn.Module):
             start_prior_shrink=config.start_prior_shrink, difficulty_k=config.difficulty_k,
             difficulty_weight=config.difficulty_weight, difficulty_ridge=config.difficulty_ridge,
             onboarded_start=config.onboarded_start,
-            onboarded_difficulty_weight=config.onboarded_difficulty_weight)
+            onboarded_difficulty_weight=config.onboarded_difficulty_weight,
+            shared_difficulty=config.shared_difficulty)
         self.llm = None
         self.lora_targets: list[str] = []
         if not config.use_llm:
