@@ -121,19 +121,30 @@ def over_seeds(runs: list[Path]) -> str:
     classic router and the per-task best single model (routed), and its query AUC minus the
     best classic one's (the best picked on test per seed: the strictest comparison); then the
     mean over seeds, with an approximate 95% interval from the per-seed bootstrap standard
-    errors (interval width / 3.92) taken as independent (the seeds' test parts overlap)."""
+    errors (interval width / 3.92) taken as independent (the seeds' test parts overlap).
+    A saved router paired in every run (a ``capsat:FOLDER`` baseline, say the same recipe with
+    one option off) gets two more columns: routed accuracy and query AUC, CapSAT minus it."""
     import json
     import math
 
-    keys = ["knn", "classic", "per_task", "query_auc"]
-    per_seed = {k: [] for k in keys}
-    lines = ["| run | seed | CapSAT routed; query AUC | − kNN | − best classic (routed) | "
-             "− per-task best | query AUC − best classic's |", "|---|---|---|---|---|---|---|"]
+    evaluations = []
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         (size, evaluation), *more = summary["evaluations"].items()
         if more or evaluation["split"]["kind"] != "query":
             raise ValueError(f"{run}: not a query-split run (one evaluation)")
+        evaluations.append(evaluation)
+    saved = sorted(set.intersection(*(
+        {n for n in e["capsat_minus"] if n.startswith("capsat:")} for e in evaluations)))
+    keys = ["knn", "classic", "per_task", "query_auc"]
+    header = ("| run | seed | CapSAT routed; query AUC | − kNN | − best classic (routed) | "
+              "− per-task best | query AUC − best classic's |")
+    for label in saved:
+        keys += [f"{label} routed", f"{label} query_auc"]
+        header += f" − {label} (routed) | − {label} (query AUC) |"
+    per_seed = {k: [] for k in keys}
+    lines = [header, "|---" * (3 + len(keys)) + "|"]
+    for run, evaluation in zip(runs, evaluations):
         routers, minus = evaluation["routers"], evaluation["capsat_minus"]
         best = max(CLASSIC, key=lambda n: routers[n]["routed_accuracy"])
         best_query_auc = max(CLASSIC, key=lambda n: routers[n]["query_auc"])
@@ -141,6 +152,9 @@ def over_seeds(runs: list[Path]) -> str:
                  "classic": minus[best]["routed_accuracy"],
                  "per_task": minus["per_task_best_single"]["routed_accuracy"],
                  "query_auc": minus[best_query_auc]["query_auc"]}
+        for label in saved:
+            cells[f"{label} routed"] = minus[label]["routed_accuracy"]
+            cells[f"{label} query_auc"] = minus[label]["query_auc"]
         for key in keys:
             per_seed[key].append(cells[key])
         mine = routers["capsat:best"]
@@ -148,7 +162,8 @@ def over_seeds(runs: list[Path]) -> str:
                      f"{mine['routed_accuracy']:.4f}; {mine['query_auc']:.4f} | "
                      f"{interval(cells['knn'])} | {best}: {interval(cells['classic'])} | "
                      f"{interval(cells['per_task'])} | {best_query_auc}: "
-                     f"{interval(cells['query_auc'])} |")
+                     f"{interval(cells['query_auc'])} |"
+                     + "".join(f" {interval(cells[k])} |" for k in keys[4:]))
 
     def mean(values: list[dict]) -> str:
         mu = sum(v["difference"] for v in values) / len(values)

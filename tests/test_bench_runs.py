@@ -136,7 +136,8 @@ def test_trained_step_parts_keeps_step_0_routing_with_the_query_level_part_alone
 def test_over_seeds_means_the_per_seed_differences_and_refuses_other_splits(tmp_path):
     """The mean row is the mean of each seed's paired difference, its interval from the
     seeds' standard errors; the best classic router is the one with the best routed accuracy
-    on that seed; a model-split run is refused."""
+    on that seed; a saved router paired in every run gets columns of its own; a model-split
+    run is refused."""
     script = _script("capsat_runs")
 
     def diff(d, half):
@@ -151,6 +152,8 @@ def test_over_seeds_means_the_per_seed_differences_and_refuses_other_splits(tmp_
         minus["knn"]["routed_accuracy"] = diff(knn, 0.0196)
         minus["kmeans"] = {"routed_accuracy": diff(kmeans, 0.0392), "query_auc": diff(0.001, 0.01)}
         minus["per_task_best_single"] = {"routed_accuracy": diff(0.0, 0.0)}
+        minus["capsat:off"] = {"routed_accuracy": diff(0.01 + 0.02 * seed, 0.0196),
+                               "query_auc": diff(-0.002, 0.001)}
         summary = {"evaluations": {"140": {
             "split": {"kind": "query", "seed": seed}, "capsat_minus": minus,
             "routers": {"capsat:best": {"routed_accuracy": 0.6, "query_auc": 0.65}, **classic}}}}
@@ -165,6 +168,11 @@ def test_over_seeds_means_the_per_seed_differences_and_refuses_other_splits(tmp_
     assert f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}] (2/2 ≥ 0)" in mean_row
     assert "+0.0100 [" in mean_row and "(1/2 ≥ 0)" in mean_row  # kmeans, the best classic
     assert "kmeans: -0.0100" in table
+    # A saved router paired in every run: two more columns, meant the same way.
+    assert "− capsat:off (routed) | − capsat:off (query AUC) |" in table.splitlines()[0]
+    assert f"+0.0200 [{0.02 - half:+.4f}, {0.02 + half:+.4f}] (2/2 ≥ 0)" in mean_row
+    assert mean_row.endswith("(0/2 ≥ 0) |")  # query AUC: -0.002 on both seeds
+    assert all(row.count("|") == 10 for row in table.splitlines())
     summary["evaluations"]["140"]["split"]["kind"] = "model"
     (runs[1] / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="not a query-split run"):
