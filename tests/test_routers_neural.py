@@ -156,13 +156,13 @@ def test_masked_bce_ignores_missing_cells():
     p = torch.sigmoid(logits.detach())[observed]
     y = targets[observed]
     by_hand = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
-    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    assert loss.item() == pytest.approx(float(by_hand), rel=1e-5)
     loss.backward()
     assert (logits.grad[~observed] == 0).all() and (logits.grad[observed] != 0).all()
     # Any logit at a missing cell leaves the loss unchanged.
     moved = logits.detach().clone()
     moved[~observed] = 50.0
-    assert float(neural.masked_bce(moved, targets)) == pytest.approx(float(loss), rel=1e-6)
+    assert float(neural.masked_bce(moved, targets)) == pytest.approx(loss.item(), rel=1e-6)
     nothing = torch.full((2, 3), float("nan"))
     assert float(neural.masked_bce(torch.zeros(2, 3), nothing)) == 0.0
 
