@@ -265,24 +265,23 @@ class CapsatTrainer:
             mask[j] &= torch.from_numpy(keep)
         evidence = Evidence(self.embeddings[pool], self.item_tasks[pool], outcomes, success,
                             mask, task_success, torch.from_numpy(aptitude_mode),
-                            self._difficulty_weights(torch.cat(whole_success), task_success, own),
-                            *self._shared_pool(pool, own))
+                            *self._difficulty_fields(torch.cat(whole_success), task_success,
+                                                     pool, own))
         return rows, pool, evidence, labels
 
-    def _shared_pool(self, pool: np.ndarray, own: np.ndarray) -> tuple:
-        """The whole training pool's (success on the ``pool`` items, per task, ridge fit
-        without the items ``own``): ``Evidence``'s ``shared_*`` fields."""
-        return (self.pool_whole[:, pool], self.task_whole,
-                self._difficulty_weights(self.pool_whole, self.task_whole, own))
-
-    def _difficulty_weights(self, success: torch.Tensor, task_success: torch.Tensor,
-                            own: np.ndarray) -> torch.Tensor | None:
-        """(M, E) the candidates' ridge fits of the query's difficulty (None without
-        ``difficulty_ridge``) over the bank (``success`` (M, N)) without the items ``own``."""
-        if self.ridge is None:
-            return None
-        return self.ridge.weights(success, task_success,
-                                  torch.from_numpy(np.union1d(own, self.unscored)))
+    def _difficulty_fields(self, success: torch.Tensor, task_success: torch.Tensor,
+                           pool: np.ndarray | torch.Tensor, own: np.ndarray) -> tuple:
+        """``Evidence``'s ``difficulty_weights`` and ``shared_*`` fields: the candidates'
+        ridge fits of the query's difficulty over the bank (``success`` (M, N)), then the whole
+        training pool's success on the ``pool`` items, per task, and its ridge fit; both fits
+        in one solve, without the items ``own`` (None without ``difficulty_ridge``)."""
+        weights = shared_weights = None
+        if self.ridge is not None:
+            fitted = self.ridge.weights(torch.cat([success, self.pool_whole]),
+                                        torch.cat([task_success, self.task_whole]),
+                                        torch.from_numpy(np.union1d(own, self.unscored)))
+            weights, shared_weights = fitted[:-1], fitted[-1:]
+        return weights, self.pool_whole[:, pool], self.task_whole, shared_weights
 
     def known_tasks(self, step: int, rows: np.ndarray) -> torch.Tensor:
         """(B,) the loss queries' task indices, -1 for those read without their label (a
@@ -407,9 +406,8 @@ class CapsatTrainer:
                 evidence = Evidence(self.embeddings[pool], self.item_tasks[pool],
                                     self.outcomes[:, pool], self.pool_loo[:, pool],
                                     mask[:, pool], self.task_success, onboarded,
-                                    self._difficulty_weights(self.pool_loo, self.task_success,
-                                                             np.flatnonzero(own)),
-                                    *self._shared_pool(pool, np.flatnonzero(own))
+                                    *self._difficulty_fields(self.pool_loo, self.task_success,
+                                                             pool, np.flatnonzero(own))
                                     ).to(self.device)
                 out = network(self.embeddings[batch].to(self.device), evidence, None,
                               self.start_tasks[begin:begin + size].to(self.device))

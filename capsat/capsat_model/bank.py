@@ -134,9 +134,10 @@ class EvidenceBank:
                 scored = np.flatnonzero(self.pool_count > 0)
                 ridge = RidgeDifficulty(torch.from_numpy(self.embeddings[scored]),
                                         torch.from_numpy(self.tasks[scored]), difficulty_ridge)
-                weights, shared_weights = (
-                    ridge.weights(torch.from_numpy(s[:, scored]), t)
-                    for s, t in ((success, task_success), (shared, shared_task)))
+                # the candidates and the whole pool in one solve
+                fitted = ridge.weights(torch.from_numpy(np.vstack([success, shared])[:, scored]),
+                                       torch.cat([task_success, shared_task]))
+                weights, shared_weights = fitted[:-1], fitted[-1:]
         elif difficulty_ridge:
             raise ValueError("EvidenceBank.evidence: difficulty_ridge needs n_tasks")
         return Evidence(torch.from_numpy(self.embeddings[used].astype(np.float32)),

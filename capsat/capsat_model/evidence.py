@@ -385,28 +385,28 @@ class EvidenceEncoder(nn.Module):
         one_hot = nn.functional.one_hot(known_tasks.clamp_min(0), self.n_tasks).to(posterior)
         return torch.where(known[:, None], one_hot, posterior)
 
-    def pool_difficulty(self, cosine: torch.Tensor, success: torch.Tensor | None,
+    def pool_difficulty(self, nearest: torch.Tensor, success: torch.Tensor | None,
                         task_success: torch.Tensor | None, ridge: torch.Tensor | None,
                         posterior: torch.Tensor, query_embeddings: torch.Tensor
                         ) -> torch.Tensor:
         """(B, R) how much harder the query is than its task for each of R pools (``success``
-        (R, N) on the items, ``task_success`` (R, T) per task): logit((pool success on its
-        ``difficulty_k`` most similar items + w x the task's) / (k + w)) - logit(the task's),
-        the task weighted by ``posterior`` (B, T). Read from every item of the pool, whoever's
-        evidence it is in, so a new model with a few evidence items gets it as sharp as a
-        known one. Each candidate's pool leaves it out (``Evidence.pool_success``), so a known
-        model's own outcomes never pose as difficulty; the shared pool is everyone's
-        (``Evidence.shared_success``). With ``difficulty_ridge``, the mean of that and the
-        ridge regression's reading of the query's embedding (``ridge`` (R, E)), clipped to
-        [``RIDGE_CLIP``, 1 - ``RIDGE_CLIP``] (a linear reading can leave [0, 1])."""
+        (R, N) on the items, ``task_success`` (R, T) per task): logit((pool success on the
+        query's k most similar items, ``nearest`` (B, k), + w x the task's) / (k + w)) -
+        logit(the task's), the task weighted by ``posterior`` (B, T). Read from every item of
+        the pool, whoever's evidence it is in, so a new model with a few evidence items gets
+        it as sharp as a known one. Each candidate's pool leaves it out
+        (``Evidence.pool_success``), so a known model's own outcomes never pose as difficulty;
+        the shared pool is everyone's (``Evidence.shared_success``). With
+        ``difficulty_ridge``, the mean of that and the ridge regression's reading of the
+        query's embedding (``ridge`` (R, E)), clipped to [``RIDGE_CLIP``, 1 - ``RIDGE_CLIP``]
+        (a linear reading can leave [0, 1])."""
         if success is None or task_success is None:
             raise ValueError("difficulty_k > 0 needs the evidence's pool success on the items "
                              "and per task")
-        k = min(self.difficulty_k, cosine.shape[1])
-        top = cosine.topk(k, dim=-1).indices  # (B, k)
+        k = nearest.shape[1]
         task = (posterior @ task_success.T).clamp(EPS, 1 - EPS)  # (B, R)
         w = DIFFICULTY_PRIOR_WEIGHT
-        near = (success[:, top].sum(-1).T + w * task) / (k + w)  # (B, R)
+        near = (success[:, nearest].sum(-1).T + w * task) / (k + w)  # (B, R)
         difficulty = torch.logit(near.clamp(EPS, 1 - EPS)) - torch.logit(task)
         if not self.difficulty_ridge:
             return difficulty
@@ -438,7 +438,9 @@ class EvidenceEncoder(nn.Module):
                  summaries(evidence)[None].expand(batch, -1, -1), by_task]
         difficulty = start_difficulty = None
         if self.difficulty_k:
-            difficulty = self.pool_difficulty(cosine, evidence.pool_success,
+            # (B, k) the query's most similar items, found once for every pool read here
+            nearest = cosine.topk(min(self.difficulty_k, cosine.shape[1]), dim=-1).indices
+            difficulty = self.pool_difficulty(nearest, evidence.pool_success,
                                               evidence.task_success, evidence.difficulty_weights,
                                               posterior, query_embeddings)
             parts.append(difficulty[..., None])
@@ -448,7 +450,7 @@ class EvidenceEncoder(nn.Module):
                     raise ValueError("shared_difficulty needs the evidence's shared_success "
                                      "(the whole training pool)")
                 start_difficulty = self.pool_difficulty(
-                    cosine, evidence.shared_success, evidence.shared_task_success,
+                    nearest, evidence.shared_success, evidence.shared_task_success,
                     evidence.shared_difficulty_weights, posterior, query_embeddings
                 ).expand(-1, m)
         capability = self.mlp(torch.cat(parts, dim=-1))
