@@ -505,7 +505,8 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     errors; else the prior is kept. The margin is recorded with its figures."""
     grids = dict(use_llm=False, encoder_steps=0, llm_steps=0, start_knn_grid=[0, 3, 8],
                  start_knn_weight_grid=[1.0], start_difficulty_grid=[0.0],
-                 max_validation_queries=40, repick_difficulty_after_encoder=False)
+                 max_validation_queries=40, repick_difficulty_after_encoder=False,
+                 start_margin_counts_selection=False)
     trainer = _trainer(small_data_path, tiny_base, tmp_path / "any", start_min_gain_se=0.0,
                        **grids)
     start = trainer.choose_start()
@@ -529,15 +530,67 @@ def test_a_knn_start_must_beat_the_prior_by_its_standard_errors(small_data_path,
     weights[:20] = 1.0
     assert statistic(weights) == pytest.approx(
         M.routed_accuracy(probs[:20], scores[:20]) + M.query_auc(probs[:20], scores[:20]))
-    # A margin larger than the gain keeps the prior.
+    # A margin larger than the gain keeps the prior (counting the two kNN starts tried, the
+    # default, it is larger still).
     needed = margin["gain"] / margin["standard_error"] + 0.5
     strict = _trainer(small_data_path, tiny_base, tmp_path / "strict",
-                      start_min_gain_se=needed, **grids)
+                      start_min_gain_se=needed, **{**grids, "start_margin_counts_selection": True})
     start = strict.choose_start()
     assert start["start_knn"] == 0 and not start["margin_over_prior"]["kept"]
-    assert start["margin_over_prior"]["required"] > start["margin_over_prior"]["gain"]
+    strict_margin = start["margin_over_prior"]
+    assert strict_margin["options"] == 2
+    assert (strict_margin["required"] >= strict_margin["required_one_option"]
+            > strict_margin["gain"])
     encoder = strict.accelerator.unwrap_model(strict.network).encoder
     assert encoder.start_knn == 0 == strict.router.config.start_knn
+
+
+def test_a_knn_start_s_margin_counts_that_it_is_the_best_of_those_tried(small_data_path,
+                                                                       tiny_base, tmp_path):
+    """The kNN start judged is the best of the grid's, so (by default) its gain must clear the
+    Phi(start_min_gain_se) quantile of the largest centred bootstrap gain over every kNN
+    start tried: one option's margin for one, more for many, and a gain that clears one
+    option's margin but not the grid's keeps the prior."""
+    trainer = _trainer(small_data_path, tiny_base, tmp_path / "t", use_llm=False,
+                       encoder_steps=0, llm_steps=0)
+    rng = np.random.default_rng(0)
+    n, m = 300, 3
+    scores = (rng.random((n, m)) < 0.5).astype(float)
+    prior = (np.tile([0.6, 0.5, 0.4], (n, 1)), scores)
+
+    def option(right_share: float) -> tuple:
+        # routes each query to a right candidate with this chance, else a wrong one
+        probs = rng.random((n, m)) * 0.1
+        pick = np.where(rng.random(n) < right_share, scores.argmax(1), scores.argmin(1))
+        probs[np.arange(n), pick] += 1.0
+        return probs, scores
+    options = [option(0.53) for _ in range(10)]
+    statistic = trainer.selection_statistic
+    best = max(options, key=lambda o: statistic(*o)(np.ones(n)))
+    one = trainer._paired_margin(best, prior, 1.0, False)
+    assert "options" not in one and one["required"] == pytest.approx(one["standard_error"])
+    assert trainer._paired_margin(best, prior, 1.0, False, picked_among=[best]) == one
+    grid = trainer._paired_margin(best, prior, 1.0, False, picked_among=options)
+    assert grid["options"] == 10 and grid["gain"] == one["gain"]
+    assert grid["required_one_option"] == pytest.approx(one["required"])
+    # the largest of more centred gains is larger on every resample
+    fewer = trainer._paired_margin(best, prior, 1.0, False, picked_among=options[:3] + [best])
+    assert one["required"] * 0.5 < fewer["required"] <= grid["required"]
+    assert grid["required"] > 1.5 * one["required"]  # ten near-equal options
+    # a gain between one option's margin and the grid's
+    flips = [z for z in np.linspace(0.1, 3.0, 30)
+             if trainer._paired_margin(best, prior, z, False)["kept"]
+             and not trainer._paired_margin(best, prior, z, False, picked_among=options)["kept"]]
+    assert flips, (one, grid)
+    # In a model split the margin over the models too (for the option alone) must hold as well.
+    models = trainer._paired_margin(best, prior, flips[0], True, picked_among=options)
+    assert models["over"] == "queries and models" and not models["kept"]
+    assert models["queries_only"] == trainer._paired_margin(best, prior, flips[0], False,
+                                                            picked_among=options)
+    # 0: any gain, grid or not; the option off: one option's margin
+    assert trainer._paired_margin(best, prior, 0.0, False, picked_among=options)["required"] == 0
+    trainer.config.start_margin_counts_selection = False
+    assert trainer._paired_margin(best, prior, 1.0, False, picked_among=options) == one
 
 
 def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, tiny_base,
@@ -549,7 +602,8 @@ def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, 
     grids = dict(split="model", use_llm=False, encoder_steps=0, llm_steps=0,
                  start_knn_grid=[0, 3, 8], start_knn_weight_grid=[1.0],
                  start_difficulty_grid=[0.0], max_validation_queries=40,
-                 repick_difficulty_after_encoder=False, start_min_gain_se=0.0)
+                 repick_difficulty_after_encoder=False, start_min_gain_se=0.0,
+                 start_margin_counts_selection=False)
     start = _trainer(small_data_path, tiny_base, tmp_path / "both", **grids).choose_start()
     margin = start["margin_over_prior"]
     best = max(start["tried"], key=lambda t: t["score"])

@@ -29,10 +29,12 @@ over the evidence shrunk toward the per-task prior, or the prior alone) is picke
 prior's per-task accuracy shrinks) by ``start_select_on`` (``select_on`` unless set), on
 validation or (``start_queries: train``) on loss queries each read against the bank without
 itself; a kNN start must beat the prior by ``start_min_gain_se`` paired bootstrap standard
-errors over those queries. With validation on the banks and ``onboarded_start_evidence``, the
-start of candidates read from a few items (onboarded models; in steps, those reading a
-sample) is picked the same way, with ``onboarded_start_shrink_grid``, on validation reading
-the training models from sampled (or core) items. The start's weight on the query's
+errors over those queries (with ``start_margin_counts_selection``, the Phi quantile of the
+largest centred gain of every kNN start tried, since the best of them is picked). With
+validation on the banks and ``onboarded_start_evidence``, the start of candidates read from a
+few items (onboarded models; in steps, those reading a sample) is picked the same way, with
+``onboarded_start_shrink_grid``, on validation reading the training models from sampled (or
+core) items. The start's weight on the query's
 difficulty is picked from ``start_difficulty_grid`` on validation log-loss at the encoder
 stage's end, on the kept router (``repick_difficulty_after_encoder``; the encoder trains with
 the model config's weight, 0 by default), and before step 0 too with
@@ -59,6 +61,7 @@ import json
 import math
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -501,7 +504,8 @@ class CapsatTrainer:
         """Every (shrink, start_knn, weight) of the grids, applied by ``apply`` and scored
         by ``start_select_on`` on ``probabilities()``; a kNN start must beat the best prior
         (k = 0) by ``start_min_gain_se`` (resampling the candidates too where the start
-        serves ``new_models``: ``_paired_margin``). Returns (the start kept, what was tried)."""
+        serves ``new_models``, and counting that it is the best of the kNN starts tried:
+        ``_paired_margin``). Returns (the start kept, what was tried)."""
         c, model = self.config, self.router.config
         knn_grid = sorted({int(k) for k in c.start_knn_grid}) or [model.start_knn]
         base_weight = model.start_knn_weight  # k = 0 reads no weight; the config's is recorded
@@ -523,7 +527,9 @@ class CapsatTrainer:
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
         margin = (None if prior is None or prior == best
                   else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
-                                           new_models, start_on))
+                                           new_models, start_on,
+                                           [outputs[i] for i, t in enumerate(tried)
+                                            if t["start_knn"] > 0]))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -597,31 +603,49 @@ class CapsatTrainer:
         self.router.config.onboarded_start = start
 
     def _paired_margin(self, outputs: tuple, baseline: tuple, min_gain_se: float,
-                       new_models: bool, on: str | None = None) -> dict:
+                       new_models: bool, on: str | None = None,
+                       picked_among: list[tuple] | None = None) -> dict:
         """The selection statistic (``on``) of ``outputs`` - ``baseline`` (each validation
         (probabilities, scores) of the same queries and models), its paired bootstrap
-        standard error, and whether the gain exceeds ``min_gain_se`` of them. The bootstrap
-        is over the queries, and, for a choice that serves ``new_models`` (outside the pool it
-        was made on) with ``margin_over_models``, over the candidate models too (the
-        queries-only figures beside)."""
+        standard error over the queries, and whether the gain exceeds ``min_gain_se`` of
+        them. ``picked_among``: the options ``outputs`` was the best of (itself included);
+        with ``start_margin_counts_selection`` and more than one, the gain must clear the
+        Phi(min_gain_se) quantile of the largest centred gain among them over the same
+        resamples (``required_one_option``: what one option would need). For a choice that
+        serves ``new_models`` (outside the pool it was made on) with ``margin_over_models``,
+        the gain must also clear ``min_gain_se`` standard errors of a bootstrap over the
+        candidate models as well as the queries, the record's top level (the queries-only
+        one beside); that one is for the option alone, as the models' resampling recomputes
+        every option's statistic and costs minutes for a grid."""
         c, statistic = self.config, self.selection_statistic
         n_queries, n_models = outputs[0].shape
-
-        def decision(gain: dict) -> dict:
-            required = min_gain_se * gain["standard_error"]
-            return {"gain": gain["difference"], "standard_error": gain["standard_error"],
-                    "required": required, "kept": bool(gain["difference"] > required)}
-        queries = decision(paired_weighted_bootstrap(
-            statistic(*outputs, on), statistic(*baseline, on), n_queries,
-            samples=START_BOOTSTRAP_SAMPLES, seed=c.seed))
+        among = (picked_among if picked_among and len(picked_among) > 1 and min_gain_se
+                 and c.start_margin_counts_selection else [outputs])
+        base = statistic(*baseline, on)
+        # Every call resamples alike (same size and seed), so the options' gains pair.
+        gains = [paired_weighted_bootstrap(statistic(*option, on), base, n_queries,
+                                           samples=START_BOOTSTRAP_SAMPLES, seed=c.seed,
+                                           differences=True) for option in among]
+        gain = next(g for option, g in zip(among, gains) if option is outputs)
+        one = min_gain_se * gain["standard_error"]
+        queries = {"gain": gain["difference"], "standard_error": gain["standard_error"],
+                   "required": one, "kept": bool(gain["difference"] > one)}
+        if len(among) > 1:
+            centred = np.nanmax([g["differences"] - g["difference"] for g in gains], axis=0)
+            required = float(np.nanquantile(centred, NormalDist().cdf(min_gain_se)))
+            queries.update(required=required, kept=bool(gain["difference"] > required),
+                           required_one_option=one, options=len(among))
         if not (new_models and c.margin_over_models):
             return queries
         both = paired_two_way_bootstrap(
             lambda cols: statistic(outputs[0][:, cols], outputs[1][:, cols], on),
             lambda cols: statistic(baseline[0][:, cols], baseline[1][:, cols], on),
             n_queries, n_models, samples=START_BOOTSTRAP_SAMPLES, seed=c.seed)
-        return {**decision(both), "over": "queries and models", "models": n_models,
-                "queries_only": queries}
+        required = min_gain_se * both["standard_error"]
+        return {"gain": both["difference"], "standard_error": both["standard_error"],
+                "required": required,
+                "kept": bool(both["difference"] > required and queries["kept"]),
+                "over": "queries and models", "models": n_models, "queries_only": queries}
 
     def choose_difficulty_weight(self) -> dict:
         """The start's weight on the query's difficulty, lowest validation log-loss of

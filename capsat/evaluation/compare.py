@@ -57,28 +57,33 @@ class WeightedPooledAuc:
 
 def paired_weighted_bootstrap(statistic_a: Callable[[np.ndarray], float],
                               statistic_b: Callable[[np.ndarray], float], n: int, *,
-                              samples: int = 2000, seed: int = 0) -> dict:
+                              samples: int = 2000, seed: int = 0,
+                              differences: bool = False) -> dict:
     """statistic_a - statistic_b, each a figure of ``n`` queries under query weights (a
     resample's multiplicities), with the paired bootstrap 95% interval and standard error
-    over queries (the same resampled queries for both)."""
+    over queries (the same resampled queries for both). The resamples depend only on ``n``
+    and ``seed``, so calls with the same ones resample alike; ``differences``: the resampled
+    differences too (an array, under that key)."""
     ones = np.ones(n)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(samples):
         weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
         diffs.append(statistic_a(weights) - statistic_b(weights))
-    return _bootstrap_summary(statistic_a(ones) - statistic_b(ones), np.array(diffs), n)
+    return _bootstrap_summary(statistic_a(ones) - statistic_b(ones), np.array(diffs), n,
+                              differences)
 
 
 def paired_two_way_bootstrap(statistic_a: Callable[[np.ndarray], Callable[[np.ndarray], float]],
                              statistic_b: Callable[[np.ndarray], Callable[[np.ndarray], float]],
                              n_queries: int, n_models: int, *, samples: int = 2000,
-                             seed: int = 0) -> dict:
+                             seed: int = 0, differences: bool = False) -> dict:
     """As ``paired_weighted_bootstrap``, resampling the candidate models as well as the
     queries: ``statistic_x(columns)`` is the figure (of query weights) of the pool made of
     those candidate columns (a resample, with repeats). The interval then counts how the
     difference varies with the pool, which a claim about models outside it must (a start
-    picked on the training models and applied to new ones)."""
+    picked on the training models and applied to new ones). Resamples and ``differences``
+    as there."""
     rng = np.random.default_rng(seed)
     every, ones = np.arange(n_models), np.ones(n_queries)
     diffs = []
@@ -88,15 +93,18 @@ def paired_two_way_bootstrap(statistic_a: Callable[[np.ndarray], Callable[[np.nd
                               minlength=n_queries).astype(float)
         diffs.append(statistic_a(columns)(weights) - statistic_b(columns)(weights))
     return {**_bootstrap_summary(statistic_a(every)(ones) - statistic_b(every)(ones),
-                                 np.array(diffs), n_queries), "models": int(n_models)}
+                                 np.array(diffs), n_queries, differences),
+            "models": int(n_models)}
 
 
-def _bootstrap_summary(difference: float, diffs: np.ndarray, n: int) -> dict:
+def _bootstrap_summary(difference: float, diffs: np.ndarray, n: int,
+                       differences: bool = False) -> dict:
     return {"difference": difference,
             "low": float(np.nanpercentile(diffs, 2.5)),
             "high": float(np.nanpercentile(diffs, 97.5)),
             "standard_error": float(np.nanstd(diffs)),
-            "share_above_zero": float((diffs > 0).mean()), "queries": int(n)}
+            "share_above_zero": float((diffs > 0).mean()), "queries": int(n),
+            **({"differences": diffs} if differences else {})}
 
 
 def paired_auc_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, right: np.ndarray, *,
