@@ -587,10 +587,8 @@ def test_a_knn_start_s_margin_counts_that_it_is_the_best_of_those_tried(small_da
     assert models["over"] == "queries and models" and not models["kept"]
     assert models["queries_only"] == trainer._paired_margin(best, prior, flips[0], False,
                                                             picked_among=options)
-    # 0: any gain, grid or not; the option off: one option's margin
+    # 0: any gain, grid or not
     assert trainer._paired_margin(best, prior, 0.0, False, picked_among=options)["required"] == 0
-    trainer.config.start_margin_counts_selection = False
-    assert trainer._paired_margin(best, prior, 1.0, False, picked_among=options) == one
 
 
 def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, tiny_base,
@@ -623,6 +621,8 @@ def test_a_model_split_s_start_margin_resamples_the_models_too(small_data_path, 
                       **{**grids, "start_min_gain_se": needed}).choose_start()
     assert strict["start_knn"] == 0 and not strict["margin_over_prior"]["kept"]
     assert strict["margin_over_prior"]["queries_only"]["kept"]
+    # start_margin_counts_selection off: the pick's own margin, not the grid's
+    assert "options" not in strict["margin_over_prior"]["queries_only"]
 
 
 def test_onboarded_candidates_get_a_start_picked_as_they_are_read(small_data_path, tiny_base,
@@ -922,6 +922,72 @@ def test_a_step_must_beat_the_kept_router_by_its_standard_errors(small_data_path
     np.testing.assert_array_equal(again.best_validation[1], scores)
     with pytest.raises(ValueError, match="checkpoint_min_gain_se"):
         TrainConfig(checkpoint_min_gain_se=-1)
+
+
+def test_a_step_s_margin_counts_every_step_validated_since_the_kept_one(small_data_path,
+                                                                       tiny_base, tmp_path,
+                                                                       monkeypatch):
+    """By default a step is one of every step validated since the kept router was set, so its
+    gain must clear the largest centred bootstrap gain among them: a gain that one step's
+    margin keeps is not kept after two unkept looks, and the looks survive a checkpoint
+    (and reset when a step is kept)."""
+    n, m = 120, 3
+    rng = np.random.default_rng(0)
+    scores = (rng.random((n, m)) < 0.5).astype(float)
+    scores[:, 0] = 1.0 - scores[:, 1]  # every query has a right and a wrong candidate
+    base = np.full((n, m), 0.5)
+    base[:, 2] = 0.6  # routes every query to candidate 2
+
+    def rerouted(queries, right: bool) -> np.ndarray:
+        probs = base.copy()
+        for q in queries:  # to a right (or wrong) one of candidates 0 and 1
+            probs[q, :2] = 0.3
+            probs[q, int(scores[q, 1] == right)] = 0.9
+        return probs
+    wrong_at_base, right_at_base = np.flatnonzero(scores[:, 2] == 0), np.flatnonzero(scores[:, 2])
+    # four steps that lose six queries each (never kept), then one that gains two
+    looks = [rerouted(right_at_base[i:i + 6], False) for i in (0, 6, 12, 18)]
+    looks.append(rerouted(wrong_at_base[:2], True))
+
+    def run(out, counts: bool) -> tuple[list, list, CapsatTrainer]:
+        trainer = _trainer(small_data_path, tiny_base, out, checkpoint_min_gain_se=1.0,
+                           checkpoint_margin_counts_selection=counts, use_llm=False,
+                           llm_steps=0)
+        trainer.start = trainer.choose_start()
+        validations = iter([base] + looks + [0.2 + 0.6 * scores])  # the last: right everywhere
+        monkeypatch.setattr(trainer, "validation_probabilities",
+                            lambda stage: (next(validations), scores))
+        kept, records = [], []
+        for step in range(len(looks) + 1):
+            trainer.step = step
+            records.append({"step": step, "stage": "encoder"})
+            trainer._validate_and_keep_best(records[-1], "encoder")
+            kept.append(trainer.best["step"])
+        return kept, records, trainer
+    kept, records, _ = run(tmp_path / "one", False)
+    counted_kept, counted, trainer = run(tmp_path / "counted", True)
+    assert kept == [0, 0, 0, 0, 0, 5] and counted_kept == [0] * 6
+    assert "options" not in records[-1]["margin_over_kept"]
+    assert [r["margin_over_kept"].get("options", 1) for r in counted[1:]] == [1, 2, 3, 4, 5]
+    for plain, count in zip(records[1:], counted[1:]):
+        assert count["margin_over_kept"]["gain"] == plain["margin_over_kept"]["gain"]
+        assert count["margin_over_kept"]["required"] >= plain["margin_over_kept"]["required"]
+    last = counted[-1]["margin_over_kept"]
+    assert last["required_one_option"] < last["gain"] < last["required"]
+    # the looks travel with a checkpoint
+    assert len(trainer.looks) == 5
+    trainer.save_checkpoint()
+    again = _trainer(small_data_path, tiny_base, tmp_path / "counted", use_llm=False,
+                     llm_steps=0, checkpoint_min_gain_se=1.0)
+    again.load_checkpoint(again.latest_checkpoint())
+    assert len(again.looks) == 5
+    for (p0, s0), (p1, s1) in zip(trainer.looks, again.looks):
+        np.testing.assert_array_equal(p0, p1)
+        np.testing.assert_array_equal(s0, s1)
+    # a step kept starts the count anew
+    trainer.step = 6
+    trainer._validate_and_keep_best({"step": 6, "stage": "encoder"}, "encoder")
+    assert trainer.best["step"] == 6 and trainer.looks == []
 
 
 def test_a_model_split_s_step_margin_resamples_the_models_too(small_data_path, tiny_base,

@@ -229,6 +229,18 @@ class TrainConfig:
                                                "(0: any gain, the default): 1 keeps the "
                                                "start unless training beats it beyond the "
                                                "noise of validation's few hundred queries")
+    checkpoint_margin_counts_selection: bool = help_field(True, "with checkpoint_min_gain_se, "
+                                                          "a step is one of every step "
+                                                          "validated since the kept router "
+                                                          "was set, and the best of many "
+                                                          "noisy gains is biased up: its gain "
+                                                          "must clear the "
+                                                          "Phi(checkpoint_min_gain_se) "
+                                                          "quantile of the largest centred "
+                                                          "bootstrap gain among them (as "
+                                                          "start_margin_counts_selection; "
+                                                          "false: that many standard errors "
+                                                          "of its own gain)")
     select_on: str = help_field("routing", "checkpoint selection on validation: 'routing' "
                                            "(routed accuracy + query AUC) or 'auc' (pooled)")
     eval_every: int = help_field(250, "validate every N encoder steps (and at the stage's end)")

@@ -92,6 +92,8 @@ WEIGHTS_FILE = "trainable.safetensors"
 BEST_WEIGHTS_FILE = "best_trainable.safetensors"
 #: the kept router's validation probabilities and scores (``checkpoint_min_gain_se``)
 BEST_VALIDATION_FILE = "best_validation.safetensors"
+#: ... and those of the steps validated since (``checkpoint_margin_counts_selection``)
+LOOKS_FILE = "looks_since_kept.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 KEEP_CHECKPOINTS = 2
 #: the time limit reserves this multiple of the slowest step plus the final validation and saves
@@ -191,6 +193,9 @@ class CapsatTrainer:
         #: paired margin of ``checkpoint_min_gain_se`` (main process).
         self.last_validation: tuple[np.ndarray, np.ndarray] | None = None
         self.best_validation: tuple[np.ndarray, np.ndarray] | None = None
+        #: ... and of every step validated since the kept router was set, which a step's margin
+        #: counts with ``checkpoint_margin_counts_selection``.
+        self.looks: list[tuple[np.ndarray, np.ndarray]] = []
         self.history: list[dict] = []
         #: Seconds of the slowest step and the last validation / checkpoint / save per stage,
         #: for stopping within ``max_minutes`` (kept in checkpoints).
@@ -529,7 +534,8 @@ class CapsatTrainer:
                   else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
                                            new_models, start_on,
                                            [outputs[i] for i, t in enumerate(tried)
-                                            if t["start_knn"] > 0]))
+                                            if t["start_knn"] > 0]
+                                           if c.start_margin_counts_selection else None))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -608,8 +614,9 @@ class CapsatTrainer:
         """The selection statistic (``on``) of ``outputs`` - ``baseline`` (each validation
         (probabilities, scores) of the same queries and models), its paired bootstrap
         standard error over the queries, and whether the gain exceeds ``min_gain_se`` of
-        them. ``picked_among``: the options ``outputs`` was the best of (itself included);
-        with ``start_margin_counts_selection`` and more than one, the gain must clear the
+        them. ``picked_among``: the options ``outputs`` is one of (itself included), given
+        where the caller's option says so (``start_margin_counts_selection``,
+        ``checkpoint_margin_counts_selection``); with more than one, the gain must clear the
         Phi(min_gain_se) quantile of the largest centred gain among them over the same
         resamples (``required_one_option``: what one option would need). For a choice that
         serves ``new_models`` (outside the pool it was made on) with ``margin_over_models``,
@@ -620,7 +627,7 @@ class CapsatTrainer:
         c, statistic = self.config, self.selection_statistic
         n_queries, n_models = outputs[0].shape
         among = (picked_among if picked_among and len(picked_among) > 1 and min_gain_se
-                 and c.start_margin_counts_selection else [outputs])
+                 else [outputs])
         base = statistic(*baseline, on)
         # Every call resamples alike (same size and seed), so the options' gains pair.
         gains = [paired_weighted_bootstrap(statistic(*option, on), base, n_queries,
@@ -765,6 +772,7 @@ class CapsatTrainer:
                 kept = {"step": self.best["step"], "stage": self.best["stage"], **record}
                 self.best["score"] = self.selection_score(kept)
                 self.best_validation = self.last_validation
+                self.looks = []  # they were read with the weight before
                 self.router.model_card_table = validation_card(kept)
             if beta != before or model.onboarded_difficulty_weight != onboarded_before:
                 self._timed("save_best", self.save_best)
@@ -845,6 +853,11 @@ class CapsatTrainer:
                     save_file({"probabilities": torch.from_numpy(np.array(probs)),
                                "scores": torch.from_numpy(np.array(scores))},
                               str(tmp / BEST_VALIDATION_FILE))
+                if self.looks:
+                    save_file({f"{i}.{key}": torch.from_numpy(np.array(value))
+                               for i, look in enumerate(self.looks)
+                               for key, value in zip(("probabilities", "scores"), look)},
+                              str(tmp / LOOKS_FILE))
                 tensors, groups = self._optimizer_tensors()
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
                 state = {"step": self.step, "best": self.best, "history": self.history,
@@ -878,6 +891,10 @@ class CapsatTrainer:
         if (path / BEST_VALIDATION_FILE).exists():
             kept = load_file(str(path / BEST_VALIDATION_FILE))
             self.best_validation = (kept["probabilities"].numpy(), kept["scores"].numpy())
+        if (path / LOOKS_FILE).exists():
+            looks = load_file(str(path / LOOKS_FILE))
+            self.looks = [(looks[f"{i}.probabilities"].numpy(), looks[f"{i}.scores"].numpy())
+                          for i in range(len(looks) // 2)]
         tensors = load_file(str(path / OPTIMIZER_FILE))
         per_param: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -973,7 +990,10 @@ class CapsatTrainer:
                 self.best = {"score": score, "step": self.step, "stage": stage}
                 self.router.model_card_table = validation_card(record)
                 self.best_validation = self.last_validation
+                self.looks = []
                 improved = [True]
+            elif margin is not None and self.config.checkpoint_margin_counts_selection:
+                self.looks.append(self.last_validation)
         # Every process keeps the same best state: the llm stage starts from it everywhere.
         if broadcast_object_list(improved)[0]:
             self.best_state = self.accelerator.unwrap_model(self.network).trainable_state()
@@ -985,14 +1005,19 @@ class CapsatTrainer:
         """With ``checkpoint_min_gain_se``: whether the router just validated beats the one
         kept so far by that many paired bootstrap standard errors of the selection score over
         the validation queries (and, in a model or family split with ``margin_over_models``,
-        the validation models too) (None: the rule is off, or nothing is kept yet)."""
+        the validation models too), counting every step validated since the kept router was set
+        with ``checkpoint_margin_counts_selection`` (None: the rule is off, or nothing is kept
+        yet)."""
         c = self.config
         if not c.checkpoint_min_gain_se or self.best_validation is None:
             return None
         if self.last_validation is None:
             raise RuntimeError("checkpoint_min_gain_se: validate() recorded no probabilities")
-        return self._paired_margin(self.last_validation, self.best_validation,
-                                   c.checkpoint_min_gain_se, c.split in MODEL_SPLITS)
+        return self._paired_margin(
+            self.last_validation, self.best_validation, c.checkpoint_min_gain_se,
+            c.split in MODEL_SPLITS,
+            picked_among=(self.looks + [self.last_validation]
+                          if c.checkpoint_margin_counts_selection else None))
 
     def _required_gain(self, stage: str) -> float:
         """How much an llm-stage router must beat one kept from the encoder stage by."""
