@@ -70,6 +70,11 @@ def test_router_list_parsing():
     assert [s.name for s in parse_router_list("knn, oracle")] == ["knn", "oracle"]
     with pytest.raises(KeyError, match="unknown router"):
         parse_router_list("knn,nope")
+    # Results are keyed by label: two saved routers in folders of one name would collide.
+    with pytest.raises(ValueError, match="capsat:best.*a/best, capsat:b/best"):
+        parse_router_list("capsat:a/best,capsat:b/best")
+    assert [s.label for s in parse_router_list("capsat:a/best,capsat:b/other")] == [
+        "capsat:best", "capsat:other"]
 
 
 def test_evaluate_reference_values_and_outputs(mmlu_small, tmp_path):

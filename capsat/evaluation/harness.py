@@ -55,7 +55,14 @@ def parse_router_list(text: str | Sequence[str]) -> list[RouterSpec]:
         items = sorted(name for name, entry in ROUTERS.items() if not entry.trained_with)
     if not items:
         raise ValueError("no routers given")
-    return [RouterSpec.parse(i) for i in items]
+    specs = [RouterSpec.parse(i) for i in items]
+    labels = [spec.label for spec in specs]
+    if clash := sorted({label for label in labels if labels.count(label) > 1}):
+        # Results are keyed by label: a second router would overwrite the first.
+        raise ValueError(f"two routers would be reported as {', '.join(clash)}: "
+                         f"{', '.join(i for i, label in zip(items, labels) if label in clash)} "
+                         f"(a saved router is labelled NAME:FOLDER, its folder's name)")
+    return specs
 
 
 @dataclass
