@@ -875,6 +875,17 @@ def test_best_router_is_saved_and_loads(small_data_path, tiny_base, tmp_path, mm
     assert "## Evaluation" in card and f"step {result['best']['step']}" in card
 
 
+def _routed_to_one(n: int, m: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Validation scores where every query has a right and a wrong candidate (0 or 1), and
+    probabilities that route every query to candidate 2."""
+    rng = np.random.default_rng(0)
+    scores = (rng.random((n, m)) < 0.5).astype(float)
+    scores[:, 0] = 1.0 - scores[:, 1]
+    base = np.full((n, m), 0.5)
+    base[:, 2] = 0.6
+    return scores, base
+
+
 def test_a_step_must_beat_the_kept_router_by_its_standard_errors(small_data_path, tiny_base,
                                                                  tmp_path, monkeypatch):
     """With checkpoint_min_gain_se a validated step replaces the kept router only when its
@@ -883,12 +894,8 @@ def test_a_step_must_beat_the_kept_router_by_its_standard_errors(small_data_path
     # A gain on one query of n is about one standard error of itself: two are required.
     trainer = _trainer(small_data_path, tiny_base, tmp_path, checkpoint_min_gain_se=2.0,
                        use_llm=False, llm_steps=0)
-    n, m = 40, 3
-    rng = np.random.default_rng(0)
-    scores = (rng.random((n, m)) < 0.5).astype(float)
-    scores[:, 0] = 1.0 - scores[:, 1]  # every query has a right and a wrong candidate
-    base = np.full((n, m), 0.5)
-    base[:, 2] = 0.6  # routes every query to candidate 2
+    n = 40
+    scores, base = _routed_to_one(n)
     lucky = base.copy()
     lucky[0] = 0.3 + 0.4 * scores[0]  # right on one query more: a gain within the noise
     sure = 0.2 + 0.6 * scores  # right everywhere: a gain far beyond it
@@ -929,14 +936,9 @@ def test_a_step_s_margin_counts_every_step_validated_since_the_kept_one(small_da
                                                                        monkeypatch):
     """By default a step is one of every step validated since the kept router was set, so its
     gain must clear the largest centred bootstrap gain among them: a gain that one step's
-    margin keeps is not kept after two unkept looks, and the looks survive a checkpoint
+    margin keeps is not kept after four unkept looks, and the looks survive a checkpoint
     (and reset when a step is kept)."""
-    n, m = 120, 3
-    rng = np.random.default_rng(0)
-    scores = (rng.random((n, m)) < 0.5).astype(float)
-    scores[:, 0] = 1.0 - scores[:, 1]  # every query has a right and a wrong candidate
-    base = np.full((n, m), 0.5)
-    base[:, 2] = 0.6  # routes every query to candidate 2
+    scores, base = _routed_to_one(120)
 
     def rerouted(queries, right: bool) -> np.ndarray:
         probs = base.copy()
