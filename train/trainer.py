@@ -530,12 +530,11 @@ class CapsatTrainer:
         # The prior: the best start that reads no nearest items (whatever its shrink).
         priors = [i for i, t in enumerate(tried) if t["start_knn"] == 0]
         prior = max(priors, key=lambda i: tried[i]["score"]) if priors else None
+        knn_starts = ([outputs[i] for i, t in enumerate(tried) if t["start_knn"] > 0]
+                      if c.start_margin_counts_selection else None)
         margin = (None if prior is None or prior == best
                   else self._paired_margin(outputs[best], outputs[prior], c.start_min_gain_se,
-                                           new_models, start_on,
-                                           [outputs[i] for i, t in enumerate(tried)
-                                            if t["start_knn"] > 0]
-                                           if c.start_margin_counts_selection else None))
+                                           new_models, start_on, knn_starts))
         if margin is not None and not margin["kept"]:
             best = prior
         return tried[best], {"criterion": start_on or c.select_on, "tried": tried,
@@ -626,14 +625,16 @@ class CapsatTrainer:
         every option's statistic and costs minutes for a grid."""
         c, statistic = self.config, self.selection_statistic
         n_queries, n_models = outputs[0].shape
-        among = (picked_among if picked_among and len(picked_among) > 1 and min_gain_se
-                 else [outputs])
+        # ``outputs`` first, then the other options (none to count without a margin)
+        others = ([option for option in picked_among or [] if option is not outputs]
+                  if min_gain_se else [])
+        among = [outputs, *others]
         base = statistic(*baseline, on)
         # Every call resamples alike (same size and seed), so the options' gains pair.
         gains = [paired_weighted_bootstrap(statistic(*option, on), base, n_queries,
                                            samples=START_BOOTSTRAP_SAMPLES, seed=c.seed,
                                            differences=True) for option in among]
-        gain = next(g for option, g in zip(among, gains) if option is outputs)
+        gain = gains[0]
         one = min_gain_se * gain["standard_error"]
         queries = {"gain": gain["difference"], "standard_error": gain["standard_error"],
                    "required": one, "kept": bool(gain["difference"] > one)}
